@@ -1,0 +1,161 @@
+"""Hack the CNN: change a face the model reads as Happy by a few grey levels so that it reads Sad.
+
+A targeted iterative gradient attack (projected gradient descent toward --target) on the
+exact model input, 48x48 grey pixels 0..255. The change stays within an L-infinity bound
+of epsilon grey levels; epsilon is tried as 1, 2, 3, ... and the smallest one that still
+flips the saved, rounded 8-bit image wins. The attack goes through the same flip averaging
+that predict.py uses (the gradient of the averaged prediction).
+
+    python scripts/hack_the_cnn.py                    # scikit-image's astronaut() photo (smiling)
+    python scripts/hack_the_cnn.py --image me.jpg
+
+Writes to results/hack_cnn/: input_image.png, hacked_image.png, hack.png (figure) and
+hack.json (epsilon, L-inf, L2, PSNR, pixels changed, probabilities before and after); then
+reloads both PNGs from disk and checks what the model says about them.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import expressions as ex
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image", type=Path, default=None,
+                   help="photo with a face (default: scikit-image's astronaut() photo, NASA)")
+    p.add_argument("--model", default=str(ex.MODEL_PATH), help="model .pkl file (default: %(default)s)")
+    p.add_argument("--source-class", default="Happy", choices=ex.EMOTIONS,
+                   help="what the model must say about the face first (default: %(default)s)")
+    p.add_argument("--target", default="Sad", choices=ex.EMOTIONS, help="class to reach (default: %(default)s)")
+    p.add_argument("--max-eps", type=int, default=8, help="largest L-inf bound tried, grey levels (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=300, help="gradient steps per epsilon (default: %(default)s)")
+    p.add_argument("--no-tta", action="store_true", help="attack the single-pass model instead of the flip average")
+    p.add_argument("--out", type=Path, default=ex.HACK_DIR, help="output folder (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def face_from(args, reader):
+    import cv2
+    if args.image is None:
+        from skimage import data as skdata
+        image, name = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), "scikit-image astronaut()"
+    else:
+        image, name = ex.read_image(args.image), str(args.image)
+    boxes, crops, _ = reader(image, still=True)
+    if not boxes:
+        raise ex.UserError(f"no face found in {name}")
+    return crops[0], name
+
+
+def attack(model, x0, target, eps, steps, flip_tta):
+    """PGD toward `target` within +-eps grey levels; returns the rounded uint8 image and
+    whether the rounded image is classified as target, checked at every step."""
+    import tensorflow as tf
+    x0 = tf.constant(x0[None, ..., None], tf.float32)
+    predict = ex.make_predictor(model, flip_tta)
+    delta = tf.Variable(tf.zeros_like(x0))
+    onehot = tf.one_hot([target], len(ex.EMOTIONS))
+    alpha = max(eps / 20, 0.05)
+    best = None
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            p = predict(x0 + delta)
+            loss = tf.keras.losses.categorical_crossentropy(onehot, p)
+        grad = tape.gradient(loss, delta)
+        delta.assign(tf.clip_by_value(delta - alpha * tf.sign(grad), -eps, eps))
+        delta.assign(tf.clip_by_value(x0 + delta, 0, 255) - x0)
+        rounded = tf.round(x0 + delta)
+        if int(tf.argmax(predict(rounded)[0])) == target:
+            best = rounded
+            break
+    final = best if best is not None else tf.round(x0 + delta)
+    return final.numpy()[0, ..., 0].astype(np.uint8), best is not None
+
+
+def save_figure(x0, x1, p0, p1, eps, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    diff = x1.astype(int) - x0.astype(int)
+    fig, axes = plt.subplots(1, 4, figsize=(15, 4), gridspec_kw={"width_ratios": [1, 1, 1, 1.6]})
+    k0, k1 = int(np.argmax(p0)), int(np.argmax(p1))
+    axes[0].imshow(x0, cmap="gray", vmin=0, vmax=255)
+    axes[0].set_title(f"input: {ex.EMOTIONS[k0]} {p0[k0]:.0%}")
+    axes[1].imshow(x1, cmap="gray", vmin=0, vmax=255)
+    axes[1].set_title(f"hacked: {ex.EMOTIONS[k1]} {p1[k1]:.0%}")
+    lim = max(1, np.abs(diff).max())
+    im = axes[2].imshow(diff, cmap="seismic", vmin=-lim, vmax=lim)
+    axes[2].set_title(f"difference (max {np.abs(diff).max()} grey levels)")
+    fig.colorbar(im, ax=axes[2], fraction=0.046)
+    for ax in axes[:3]:
+        ax.axis("off")
+    xs = np.arange(len(ex.EMOTIONS))
+    axes[3].bar(xs - 0.2, p0, 0.4, label="input")
+    axes[3].bar(xs + 0.2, p1, 0.4, label="hacked")
+    axes[3].set_xticks(xs, ex.EMOTIONS, rotation=30)
+    axes[3].set_ylabel("probability")
+    axes[3].legend()
+    fig.suptitle(f"A change of at most {eps} grey levels out of 255 turns {ex.EMOTIONS[k0]} into {ex.EMOTIONS[k1]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import cv2
+    model = ex.load_model(args.model)
+    tta = not args.no_tta
+    reader = ex.EmotionReader(model, flip_tta=tta, detect_width=1000)
+    x0, name = face_from(args, reader)
+    predict = ex.make_predictor(model, tta)
+    p0 = predict(x0[None, ..., None]).numpy()[0]
+    source, target = ex.EMOTIONS.index(args.source_class), ex.EMOTIONS.index(args.target)
+    if int(np.argmax(p0)) != source:
+        raise ex.UserError(f"the model reads the face in {name} as {ex.EMOTIONS[int(np.argmax(p0))]} "
+                           f"({p0.max():.0%}), not {args.source_class}: choose another photo")
+    print(f"{name}: {args.source_class} {p0[source]:.0%}; attacking toward {args.target}"
+          f"{' through flip averaging' if tta else ''} ...", flush=True)
+    for eps in range(1, args.max_eps + 1):
+        x1, flipped = attack(model, x0, target, eps, args.steps, tta)
+        print(f"  epsilon {eps}: {'flipped' if flipped else 'not enough'}", flush=True)
+        if flipped:
+            break
+    else:
+        raise ex.UserError(f"no change within {args.max_eps} grey levels turns the face into {args.target}")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(args.out / "input_image.png"), x0)
+    cv2.imwrite(str(args.out / "hacked_image.png"), x1)
+    # Trust only what is on disk: reload both 8-bit PNGs and predict again.
+    r0 = cv2.imread(str(args.out / "input_image.png"), cv2.IMREAD_GRAYSCALE)
+    r1 = cv2.imread(str(args.out / "hacked_image.png"), cv2.IMREAD_GRAYSCALE)
+    q0 = predict(r0[None, ..., None]).numpy()[0]
+    q1 = predict(r1[None, ..., None]).numpy()[0]
+    if int(np.argmax(q0)) != source or int(np.argmax(q1)) != target:
+        raise ex.UserError(f"the reloaded images read as {ex.EMOTIONS[int(np.argmax(q0))]} and "
+                           f"{ex.EMOTIONS[int(np.argmax(q1))]}, not {args.source_class} and {args.target}")
+    diff = r1.astype(float) - r0.astype(float)
+    mse = float((diff ** 2).mean())
+    report = {
+        "image": name, "flip_tta": tta, "epsilon": eps,
+        "linf": int(np.abs(diff).max()), "l2": float(np.sqrt((diff ** 2).sum())),
+        "psnr_db": float(10 * np.log10(255 ** 2 / mse)) if mse else None,
+        "pixels_changed": int((diff != 0).sum()), "pixels": int(diff.size),
+        "probabilities_before": dict(zip(ex.EMOTIONS, map(float, q0))),
+        "probabilities_after": dict(zip(ex.EMOTIONS, map(float, q1))),
+    }
+    (args.out / "hack.json").write_text(json.dumps(report, indent=1))
+    save_figure(r0, r1, q0, q1, eps, args.out / "hack.png")
+    print(f"reloaded from disk: input {args.source_class} {q0[source]:.0%}, hacked {args.target} {q1[target]:.0%}; "
+          f"L-inf {report['linf']}, L2 {report['l2']:.1f}, PSNR {report['psnr_db']:.1f} dB, "
+          f"{report['pixels_changed']} of {diff.size} pixels changed; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    ex.run_cli(lambda: main(sys.argv[1:]))

@@ -1,0 +1,93 @@
+"""Evaluate the trained model on the test set, or read the emotions of the faces in photos.
+
+    python scripts/predict.py                 # Accuracy on test set: NN%  (data/test.csv, 7,178 images)
+    python scripts/predict.py --verbose       # + per split, per class, single pass vs flip averaging
+    python scripts/predict.py photo.jpg ...   # every face in each photo: emotion, probability
+
+The prediction averages the model's output on the face and on its mirror image (flip
+test-time augmentation); --no-tta turns that off. The printed percentage is truncated,
+never rounded up.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import expressions as ex
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("photos", nargs="*", type=Path,
+                   help="photos to read faces from (default: none, evaluate on the test set)")
+    p.add_argument("--model", default=str(ex.MODEL_PATH),
+                   help="model .pkl file (default: %(default)s)")
+    p.add_argument("--test-csv", type=Path, default=ex.DATA_DIR / "test.csv",
+                   help="labelled test images, course format emotion,pixels[,Usage] (default: %(default)s)")
+    p.add_argument("--no-tta", action="store_true", help="single pass, no flip averaging (default: flip averaging)")
+    p.add_argument("--verbose", action="store_true", help="also print per-split and per-class figures")
+    p.add_argument("--out", type=Path, default=None,
+                   help="with photos: folder for the annotated images (default: none written)")
+    return p.parse_args(argv)
+
+
+def load_test_csv(path: Path):
+    if not path.exists():
+        raise ex.UserError(f"test data not found at {path}: run `python scripts/preprocess.py` first")
+    df = ex._parse_table(ex._read_csv_text(path), str(path))
+    if "Usage" not in df.columns:
+        df = df.assign(Usage="PublicTest")
+    x, y, usage, _ = ex.validate_rows(df, str(path))
+    return x[..., None], y.astype(int), usage
+
+
+def evaluate(args):
+    x, y, usage = load_test_csv(args.test_csv)
+    model = ex.load_model(args.model)
+    proba = ex.predict_in_batches(model, x, flip_tta=not args.no_tta)
+    report = ex.classification_report(y, proba.argmax(1), usage)
+    print(f"Accuracy on test set: {int(report['accuracy'] * 100)}%")
+    if args.verbose:
+        single = ex.classification_report(y, ex.predict_in_batches(model, x, flip_tta=False).argmax(1), usage)
+        for name, rep in [("single pass", single)] + ([] if args.no_tta else [("flip averaging", report)]):
+            splits = ", ".join(f"{s} {rep[f'accuracy_{s}']:.2%}" for s in ("PublicTest", "PrivateTest")
+                               if f"accuracy_{s}" in rep)
+            print(f"{name:>15}: {rep['accuracy']:.2%} on {rep['n']:,} images ({splits}); macro-F1 {rep['macro_f1']:.3f}")
+        print(f"{'class':<10}{'precision':>10}{'recall':>8}{'F1':>7}{'support':>9}")
+        for label, m in report["per_class"].items():
+            print(f"{label:<10}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}{m['support']:>9,}")
+    return 0
+
+
+def read_photos(args):
+    """Every face in every photo: emotion, probability, valence and arousal."""
+    import cv2
+    images = [(path, ex.read_image(path)) for path in args.photos]  # fail early on an unreadable file
+    reader = ex.EmotionReader(ex.load_model(args.model), flip_tta=not args.no_tta, detect_width=1000)
+    without_face = []
+    for path, image in images:
+        boxes, _, proba = reader(image, still=True)
+        if not boxes:
+            print(f"error: {path}: no face found", file=sys.stderr)
+            without_face.append(path)
+            continue
+        for n, (box, p) in enumerate(zip(boxes, proba), start=1):
+            k = int(np.argmax(p))
+            valence, arousal = ex.valence_arousal(p)
+            print(f"{path}: face {n} at x={box[0]} y={box[1]} w={box[2]} h={box[3]}: "
+                  f"{ex.EMOTIONS[k]} , {int(round(p[k] * 100))}% (valence {valence:+.2f}, arousal {arousal:+.2f})")
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            out_path = args.out / (path.stem + "_emotions.png")
+            cv2.imwrite(str(out_path), ex.draw_faces(image.copy(), boxes, proba, list(range(1, len(boxes) + 1))))
+    return 1 if without_face else 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return read_photos(args) if args.photos else evaluate(args)
+
+
+if __name__ == "__main__":
+    ex.run_cli(lambda: main(sys.argv[1:]))

@@ -1,0 +1,370 @@
+"""Train the from-scratch CNN on FER2013 (the data prepared by preprocess.py).
+
+The network is a VGG-style stack of 3x3 convolutions with batch normalisation, four
+stages of two convolutions each, then a small dense head. It takes raw 48x48x1 pixels
+0..255 (the scaling happens inside the model) and returns 7 class probabilities.
+
+Recipe: random affine augmentation (flip, shift, zoom, rotation) plus random erasing,
+SGD with Nesterov momentum, linear warm-up then cosine decay, label smoothing, weight
+decay, mixed bfloat16. The epoch with the best validation accuracy (validation carved
+from Training; test rows are never seen) is kept.
+
+Every epoch is checkpointed: a run that is killed and started again with the same
+command continues where it stopped. The model is written to --out only when the run ends.
+
+    python scripts/train.py                          # the committed model
+    python scripts/train.py --subset 500 --epochs 2  # a quick smoke run
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import expressions as ex
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=36, help="training epochs (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate (default: %(default)s)")
+    p.add_argument("--warmup-epochs", type=float, default=2, help="linear warm-up length (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default: %(default)s)")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="(default: %(default)s)")
+    p.add_argument("--width", type=int, default=32,
+                   help="channels of the first stage; the stages use 1x, 2x, 4x, 8x (default: %(default)s)")
+    p.add_argument("--dropout", type=float, default=0.3, help="dropout before the last layer (default: %(default)s)")
+    p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability (default: %(default)s)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="minutes; stop after the epoch that would overrun it (default: none)")
+    p.add_argument("--subset", type=int, default=None,
+                   help="train on only this many training images, validate on a quarter as many (default: all)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
+    p.add_argument("--data-dir", type=Path, default=ex.DATA_DIR, help="prepared data (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=ex.MODEL_DIR,
+                   help="output folder for the model and its artifacts (default: %(default)s)")
+    p.add_argument("--model-name", default="my_own_model", help="model file stem (default: %(default)s)")
+    p.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto",
+                   help="train in mixed bfloat16; auto = on only where the CPU computes bf16 natively "
+                        "(AVX512-BF16/AMX; elsewhere it is emulated and about 2.5x slower) (default: %(default)s)")
+    p.add_argument("--strategy", choices=["default", "mirrored", "multi-worker"], default="default",
+                   help="tf.distribute strategy: one device, all local GPUs, or several machines "
+                        "(TF_CONFIG) (default: %(default)s)")
+    p.add_argument("--fresh", action="store_true", help="ignore an interrupted run's checkpoint and start over")
+    p.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation and plots at the end")
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1:
+        p.error("--epochs and --batch-size must be positive")
+    return args
+
+
+# ---------------------------------------------------------------- model
+def build_model(width=32, dropout=0.4):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((ex.IMAGE_SIZE, ex.IMAGE_SIZE, 1), name="pixels")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit")(inputs)
+    for stage, mult in enumerate([1, 2, 4, 8], start=1):
+        for k in range(2):
+            x = layers.Conv2D(width * mult, 3, padding="same", use_bias=False, name=f"conv{stage}_{k + 1}")(x)
+            x = layers.BatchNormalization(name=f"bn{stage}_{k + 1}")(x)
+            x = layers.ReLU(name=f"relu{stage}_{k + 1}")(x)
+        x = layers.MaxPooling2D(name=f"pool{stage}")(x)
+    # 3x3 spatial map left: flattening keeps where features are (mouth vs eyes).
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(256, use_bias=False, name="fc")(x)
+    x = layers.BatchNormalization(name="bn_fc")(x)
+    x = layers.ReLU(name="relu_fc")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(len(ex.EMOTIONS), activation="softmax", dtype="float32", name="emotion")(x)
+    return keras.Model(inputs, outputs, name="fer_vgg")
+
+
+# ---------------------------------------------------------------- augmentation
+def make_augment(erase_prob, max_rotation_deg=10.0, max_shift=0.1, zoom=0.1):
+    """Batch augmentation as one random affine warp per image (one interpolation),
+    then random erasing of a rectangle."""
+    import tensorflow as tf
+    size = float(ex.IMAGE_SIZE)
+
+    def augment(x, y):
+        n = tf.shape(x)[0]
+        angle = tf.random.uniform([n], -1.0, 1.0) * max_rotation_deg * np.pi / 180
+        scale = tf.random.uniform([n], 1 - zoom, 1 + zoom)
+        flip = tf.where(tf.random.uniform([n]) < 0.5, -1.0, 1.0)
+        tx = tf.random.uniform([n], -max_shift, max_shift) * size
+        ty = tf.random.uniform([n], -max_shift, max_shift) * size
+        # Output pixel p samples input at A p + b, with A = R(angle) diag(flip, 1) / scale about the centre.
+        c = (size - 1) / 2
+        cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+        a0, a1 = cos * flip, -sin
+        b0, b1 = sin * flip, cos
+        a2 = c - a0 * c - a1 * c + tx
+        b2 = c - b0 * c - b1 * c + ty
+        zeros = tf.zeros([n])
+        transform = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+        x = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x, transforms=transform, output_shape=tf.constant([ex.IMAGE_SIZE, ex.IMAGE_SIZE]),
+            fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
+        # Random erasing: a rectangle of 2-20% of the image filled with noise.
+        area = tf.random.uniform([n], 0.02, 0.2) * size * size
+        aspect = tf.exp(tf.random.uniform([n], np.log(0.3), np.log(3.3)))
+        h = tf.clip_by_value(tf.sqrt(area * aspect), 1, size)
+        w = tf.clip_by_value(tf.sqrt(area / aspect), 1, size)
+        y0 = tf.random.uniform([n]) * (size - h)
+        x0 = tf.random.uniform([n]) * (size - w)
+        grid = tf.range(size)
+        in_rows = (grid[None, :] >= y0[:, None]) & (grid[None, :] < (y0 + h)[:, None])
+        in_cols = (grid[None, :] >= x0[:, None]) & (grid[None, :] < (x0 + w)[:, None])
+        mask = in_rows[:, :, None] & in_cols[:, None, :]
+        mask &= (tf.random.uniform([n]) < erase_prob)[:, None, None]
+        noise = tf.random.uniform(tf.shape(x), 0, 255)
+        x = tf.where(mask[..., None], noise, x)
+        return x, y
+
+    return augment
+
+
+def make_datasets(data, batch_size, erase_prob, seed):
+    import tensorflow as tf
+    n_classes = len(ex.EMOTIONS)
+
+    def to_ds(x, y, train):
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        if train:
+            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, drop_remainder=train)
+        ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(tf.cast(b, tf.int32), n_classes)))
+        if train:
+            ds = ds.map(make_augment(erase_prob), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    return (to_ds(data["x_train"], data["y_train"], True),
+            to_ds(data["x_val"], data["y_val"], False))
+
+
+# ---------------------------------------------------------------- callbacks
+def make_callbacks(work_dir: Path, time_budget_min, started):
+    import keras
+
+    class KeepBest(keras.callbacks.Callback):
+        """Save the weights of the best validation epoch; survives a restart by
+        reading the best figure so far from the CSV log."""
+
+        def __init__(self):
+            super().__init__()
+            self.best = -1.0
+            log = work_dir / "history.csv"
+            if log.exists() and (work_dir / "best.weights.h5").exists():
+                import pandas as pd
+                hist = pd.read_csv(log)
+                if len(hist):
+                    self.best = float(hist["val_accuracy"].max())
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs["val_accuracy"] > self.best:
+                self.best = logs["val_accuracy"]
+                self.model.save_weights(work_dir / "best.weights.h5")
+
+    class EpochLine(keras.callbacks.Callback):
+        """One concise line per epoch, with the wall time accumulated across restarts."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            state_path = work_dir / "wall_time.json"
+            state = json.loads(state_path.read_text()) if state_path.exists() else {}
+            state[str(epoch)] = time.time() - self.t0
+            state_path.write_text(json.dumps(state))
+            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            print(f"epoch {epoch + 1:3d}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
+                  f"val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}  "
+                  f"lr {lr:.4f}  {time.time() - self.t0:.0f}s", flush=True)
+            if time_budget_min is not None:
+                spent = sum(state.values())
+                per_epoch = spent / len(state)
+                if spent + per_epoch > time_budget_min * 60:
+                    print(f"time budget of {time_budget_min} min reached: stopping", flush=True)
+                    self.model.stop_training = True
+
+    return [keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
+            keras.callbacks.CSVLogger(str(work_dir / "history.csv"), append=True),
+            KeepBest(), EpochLine(),
+            keras.callbacks.TensorBoard(str(work_dir / "tensorboard"), write_graph=False, profile_batch=0)]
+
+
+def cpu_has_bf16():
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def get_strategy(name):
+    import tensorflow as tf
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+# ---------------------------------------------------------------- artifacts
+def plot_learning_curves(history, kept_epoch, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = np.arange(1, len(history) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key in zip(axes, ["loss", "accuracy"]):
+        ax.plot(epochs, history[key], label=f"train {key} (augmented)")
+        ax.plot(epochs, history[f"val_{key}"], label=f"validation {key}")
+        ax.axvline(kept_epoch, color="grey", ls="--", label=f"kept: epoch {kept_epoch}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion_matrix(cm, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cm = np.asarray(cm)
+    norm = cm / cm.sum(1, keepdims=True).clip(min=1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(cm)):
+        for j in range(len(cm)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({cm[i, j]})", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(cm)), ex.EMOTIONS, rotation=45)
+    ax.set_yticks(range(len(cm)), ex.EMOTIONS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+def main(argv=None):
+    args = parse_args(argv)
+    out = args.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ex.UserError(f"cannot write to output folder {out}: {err.strerror}")
+    data = ex.load_prepared(args.data_dir)
+
+    import keras
+    import tensorflow as tf
+    keras.utils.set_random_seed(args.seed)
+    if args.subset:
+        rng = np.random.default_rng(args.seed)
+        tr = rng.permutation(len(data["x_train"]))[:args.subset]
+        va = rng.permutation(len(data["x_val"]))[:max(args.subset // 4, 1)]
+        data["x_train"], data["y_train"] = data["x_train"][tr], data["y_train"][tr]
+        data["x_val"], data["y_val"] = data["x_val"][va], data["y_val"][va]
+
+    # Checkpoints of an unfinished run live here until the run completes.
+    work_dir = out / f"{args.model_name}_run"
+    if args.fresh and work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+              if k not in ("fresh", "no_evaluate", "time_budget")}
+    config_path = work_dir / "config.json"
+    if config_path.exists() and json.loads(config_path.read_text()) != config:
+        raise ex.UserError(f"{work_dir} holds an interrupted run with other options: "
+                           "rerun with the same options, or pass --fresh to discard it")
+    config_path.write_text(json.dumps(config, indent=1))
+    resumed = (work_dir / "backup").exists()
+
+    use_bf16 = args.mixed_precision == "on" or (args.mixed_precision == "auto" and cpu_has_bf16())
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if use_bf16 else "float32")
+    strategy = get_strategy(args.strategy)
+    train_ds, val_ds = make_datasets(data, args.batch_size, args.erase_prob, args.seed)
+    steps_per_epoch = len(data["x_train"]) // args.batch_size
+    if steps_per_epoch < 1:
+        raise ex.UserError(f"{len(data['x_train'])} training images is fewer than one batch of {args.batch_size}")
+    with strategy.scope():
+        model = build_model(args.width, args.dropout)
+        total = steps_per_epoch * args.epochs
+        warmup = min(int(args.warmup_epochs * steps_per_epoch), total - 1)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=args.lr * 0.01, decay_steps=total - warmup, alpha=0.0,
+            warmup_target=args.lr, warmup_steps=warmup)
+        optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
+        model.compile(optimizer=optimizer,
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+                      metrics=["accuracy"])
+    print(f"{'resuming' if resumed else 'training'} {model.name}: {model.count_params():,} parameters, "
+          f"{len(data['x_train']):,} train / {len(data['x_val']):,} validation images, "
+          f"{args.epochs} epochs of {steps_per_epoch} steps, {'mixed bfloat16' if use_bf16 else 'float32'}", flush=True)
+
+    started = time.time()
+    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, verbose=0,
+              callbacks=make_callbacks(work_dir, args.time_budget, started))
+
+    # Keep the best validation epoch, rebuilt in float32 so inference needs no bf16 support.
+    import pandas as pd
+    history = pd.read_csv(work_dir / "history.csv").drop_duplicates("epoch", keep="last")
+    kept_epoch = int(history["val_accuracy"].idxmax()) + 1
+    keras.mixed_precision.set_global_policy("float32")
+    final = build_model(args.width, args.dropout)
+    model.load_weights(work_dir / "best.weights.h5")
+    final.set_weights(model.get_weights())
+    wall = sum(json.loads((work_dir / "wall_time.json").read_text()).values())
+    model_path = out / f"{args.model_name}.pkl"
+    ex.save_model(final, model_path)
+    plot_learning_curves(history, kept_epoch, out / "learning_curves.png")
+    history.to_csv(out / "history.csv", index=False)
+    print(f"saved {model_path} (epoch {kept_epoch}, val_acc {history['val_accuracy'].max():.4f}); "
+          f"training took {wall / 60:.1f} min", flush=True)
+
+    metrics = {"model": model_path.name, "epochs_run": len(history), "kept_epoch": kept_epoch,
+               "val_accuracy": float(history["val_accuracy"].max()), "train_wall_minutes": wall / 60,
+               "parameters": int(final.count_params()), "config": config,
+               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                           "tensorflow": tf.__version__, "keras": keras.__version__}}
+    if not args.no_evaluate:
+        for tta in (False, True):
+            proba = ex.predict_in_batches(final, data["x_test"], flip_tta=tta)
+            rep = ex.classification_report(data["y_test"].astype(int), proba.argmax(1), data["usage_test"])
+            metrics["test_flip_tta" if tta else "test_single_pass"] = rep
+            print(f"test accuracy ({'flip averaging' if tta else 'single pass'}): {rep['accuracy']:.2%} "
+                  f"(PublicTest {rep['accuracy_PublicTest']:.2%}, PrivateTest {rep['accuracy_PrivateTest']:.2%})")
+        plot_confusion_matrix(metrics["test_flip_tta"]["confusion_matrix"], out / "confusion_matrix.png",
+                              f"test set (7,178 images), flip averaging: "
+                              f"{metrics['test_flip_tta']['accuracy']:.1%}")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    # The run is complete: keep its TensorBoard logs, drop the checkpoints, so that the
+    # same command run again starts a new run.
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    shutil.move(str(work_dir / "tensorboard"), str(out / "tensorboard"))
+    shutil.rmtree(work_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    ex.run_cli(lambda: main(sys.argv[1:]))

@@ -1,0 +1,64 @@
+"""Shared test helpers: paths, the ../shared skip, tiny generated FER2013-format files."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(SCRIPTS))
+
+needs_shared = pytest.mark.skipif(
+    not (SHARED / "data" / "fer2013" / "fer2013.csv.gz").exists(),
+    reason=f"../shared (FER2013 and the test media) is not beside the project at {SHARED}")
+
+
+def run_script(name, *args, cwd=ROOT, timeout=600):
+    """Run one of the project's scripts as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_error(result, *fragments):
+    """A user error: non-zero exit, one 'error:' line on stderr, no traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def fake_rows(n, usage, seed=0):
+    """n synthetic rows (random pixels, labels cycling 0..6): never real dataset rows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        pixels = " ".join(map(str, rng.integers(0, 256, 2304)))
+        rows.append((i % 7, pixels, usage))
+    return rows
+
+
+def write_kaggle_csv(path, n_train=70, n_public=14, n_private=14):
+    rows = fake_rows(n_train, "Training") + fake_rows(n_public, "PublicTest", 1) + fake_rows(n_private, "PrivateTest", 2)
+    text = "emotion,pixels,Usage\n" + "".join(f"{e},{p},{u}\n" for e, p, u in rows)
+    if str(path).endswith(".gz"):
+        import gzip
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        Path(path).write_text(text)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def prepared_data():
+    """The real dataset prepared in the project's data/ (as a user would run it); idempotent."""
+    if not (SHARED / "data" / "fer2013" / "fer2013.csv.gz").exists() and not (ROOT / "data" / "prepared.json").exists():
+        pytest.skip(f"no FER2013: ../shared is not beside the project at {SHARED}")
+    result = run_script("preprocess.py")
+    assert result.returncode == 0, result.stderr
+    return ROOT / "data"

@@ -1,0 +1,168 @@
+"""Faces in photos and videos: the preprocessing test, the live stream, photos, bad input."""
+import re
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import expressions as ex
+from conftest import SHARED, assert_clean_error, needs_shared, run_script
+
+LINE = re.compile(r"(\d\d:\d\d:\d\ds) : (?:(Angry|Disgust|Fear|Happy|Sad|Surprise|Neutral) , (\d{1,3})%"
+                  r"(?: \(face \d+\))?|no face)")
+VIDEOS = sorted((SHARED / "media").glob("*.mp4"))
+
+
+def astronaut_bgr():
+    from skimage import data
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+def grace_hopper_bgr():
+    import matplotlib.cbook
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        return cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_COLOR)
+
+
+def check_stream_output(stdout):
+    """The brief's format, line by line; returns the per-second lines."""
+    lines = stdout.splitlines()
+    assert lines[0] == "Reading video stream ..."
+    seconds = []
+    for line in lines[1:]:
+        if line == "Preprocessing ...":
+            continue
+        assert LINE.fullmatch(line), line
+        seconds.append(line)
+    return seconds
+
+
+def test_preprocessing_test_on_the_generated_video(tmp_path):
+    result = run_script("preprocess.py", "--video", "demo", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    crops = sorted(tmp_path.glob("image*.png"))
+    assert len(crops) in (20, 21)
+    assert [p.name for p in crops] == sorted(f"image{i}.png" for i in range(len(crops)))
+    assert (tmp_path / "input_video.mp4").stat().st_size > 0
+    detector = ex.load_face_detector()
+    for path in crops:
+        crop = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert crop.shape == (48, 48) and crop.dtype == np.uint8  # one grey channel
+        # Centred on the face: the detector finds the face again in the middle of the crop.
+        big = cv2.resize(crop, (192, 192), interpolation=cv2.INTER_CUBIC)
+        boxes = ex.detect_faces(big, detector, detect_width=192, min_face=80)
+        assert boxes, path
+        x, y, w, h = boxes[0]
+        assert abs(x + w / 2 - 96) < 20 and abs(y + h / 2 - 96) < 20, (path, boxes[0])
+    # Running it again replaces the crops instead of mixing old and new ones.
+    (tmp_path / "image99.png").write_bytes(crops[0].read_bytes())
+    assert run_script("preprocess.py", "--video", tmp_path / "input_video.mp4", "--out", tmp_path).returncode == 0
+    assert not (tmp_path / "image99.png").exists()
+
+
+def test_committed_preprocessing_test():
+    folder = ex.PREPROCESSING_TEST_DIR
+    cap = cv2.VideoCapture(str(folder / "input_video.mp4"))
+    seconds = cap.get(cv2.CAP_PROP_FRAME_COUNT) / cap.get(cv2.CAP_PROP_FPS)
+    assert 19.5 <= seconds <= 21
+    assert len(list(folder.glob("image*.png"))) in (20, 21)
+
+
+@needs_shared
+@pytest.mark.parametrize("video", VIDEOS, ids=lambda p: p.name)
+def test_live_stream_on_real_videos_is_faster_than_real_time(video, tmp_path):
+    cap = cv2.VideoCapture(str(video))
+    duration = cap.get(cv2.CAP_PROP_FRAME_COUNT) / cap.get(cv2.CAP_PROP_FPS)
+    started = time.time()
+    result = run_script("predict_live_stream.py", "--source", video, "--csv", tmp_path / "t.csv",
+                        "--plot", tmp_path / "t.png")
+    elapsed = time.time() - started
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = check_stream_output(result.stdout)
+    assert len({line[:9] for line in lines}) >= int(duration)  # at least one line per second
+    assert sum("no face" in line for line in lines) <= 1
+    assert elapsed < duration, f"{elapsed:.1f} s for {duration:.1f} s of video"
+    import pandas as pd
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert {"valence", "arousal", "happy", "face_id"} <= set(table.columns)
+    assert np.allclose(table[[e.lower() for e in ex.EMOTIONS]].sum(axis=1), 1, atol=1e-3)
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+def write_video(path, frames, fps=10):
+    writer = ex.video_writer(path, fps, (frames[0].shape[1], frames[0].shape[0]))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    return path
+
+
+def test_webcam_fallback_to_recorded_video(tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", [cv2.resize(astronaut_bgr(), (320, 320))] * 25)
+    result = run_script("predict_live_stream.py", "--source", "9", "--fallback", clip,
+                        "--save-video", tmp_path / "annotated.avi")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "No webcam at index 9" in result.stderr
+    lines = check_stream_output(result.stdout)
+    assert len(lines) == 3 and all("no face" not in line for line in lines)
+    cap = cv2.VideoCapture(str(tmp_path / "annotated.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 25
+
+
+def test_blank_video_prints_no_face_lines(tmp_path):
+    clip = write_video(tmp_path / "blank.mp4", [np.full((240, 320, 3), 128, np.uint8)] * 30)
+    result = run_script("predict_live_stream.py", "--source", clip)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert check_stream_output(result.stdout) == [f"00:00:0{s}s : no face" for s in range(3)]
+
+
+def test_missing_and_corrupt_video(tmp_path):
+    assert_clean_error(run_script("predict_live_stream.py", "--source", tmp_path / "none.mp4"), "video not found")
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(50_000))
+    assert_clean_error(run_script("predict_live_stream.py", "--source", corrupt), "cannot read video")
+    assert_clean_error(run_script("preprocess.py", "--video", corrupt, "--out", tmp_path / "o"), "cannot read video")
+    assert_clean_error(run_script("predict_live_stream.py", "--source", "9", "--fallback", tmp_path / "no.mp4"),
+                       "video not found")
+
+
+def test_photo_with_two_faces(tmp_path):
+    left = cv2.resize(astronaut_bgr(), (400, 400))
+    right = cv2.resize(grace_hopper_bgr(), (400, 470))[35:435]
+    photo = tmp_path / "two.png"
+    cv2.imwrite(str(photo), np.hstack([left, right]))
+    result = run_script("predict.py", photo, "--out", tmp_path / "annotated")
+    assert result.returncode == 0, result.stderr[-2000:]
+    faces = re.findall(r"face (\d) at .*: (\w+) , (\d+)% \(valence ([-+]\d\.\d\d), arousal ([-+]\d\.\d\d)\)",
+                       result.stdout)
+    assert [f[0] for f in faces] == ["1", "2"], result.stdout
+    assert (tmp_path / "annotated" / "two_emotions.png").exists()
+
+
+def test_unreadable_photo_and_photo_without_face(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert_clean_error(run_script("predict.py", bad), "cannot read image")
+    assert_clean_error(run_script("predict.py", tmp_path / "missing.jpg"), "image not found")
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200), 90, np.uint8))
+    assert_clean_error(run_script("predict.py", blank), "no face found")
+
+
+@needs_shared
+def test_labelled_photos_each_give_one_face():
+    import pandas as pd
+    labels = pd.read_csv(SHARED / "media" / "photos" / "labels.csv")
+    paths = [SHARED / "media" / "photos" / f for f in labels.file]
+    result = run_script("predict.py", *paths)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(re.findall(r": face 1 at", result.stdout)) == len(paths)
+
+
+def test_tracker_keeps_ids_stable():
+    tracker = ex.FaceTracker()
+    assert tracker.update([(0, 0, 50, 50), (200, 0, 50, 50)], 0.0) == [1, 2]
+    assert tracker.update([(205, 2, 50, 50), (3, 1, 50, 50)], 0.1) == [2, 1]
+    assert tracker.update([(400, 0, 50, 50)], 0.2) == [3]

@@ -1,0 +1,104 @@
+"""Training (smoke run, resume after SIGKILL, bad input) and the committed model's accuracy."""
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+import expressions as ex
+from conftest import ROOT, SCRIPTS, assert_clean_error, needs_shared, run_script
+
+TINY = ["--subset", "384", "--batch-size", "64", "--width", "8", "--erase-prob", "0", "--lr", "0.05"]
+
+
+@needs_shared
+def test_smoke_training_writes_a_loadable_model_and_learns(prepared_data, tmp_path):
+    result = run_script("train.py", *TINY, "--epochs", "3", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = ex.load_model(tmp_path / "my_own_model.pkl")
+    assert model.output_shape == (None, 7)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.epoch) == [0, 1, 2]
+    assert history.loss.iloc[-1] < history.loss.iloc[0]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_flip_tta"]["n"] == 7178 and "accuracy_PrivateTest" in metrics["test_flip_tta"]
+    for artifact in ("learning_curves.png", "confusion_matrix.png"):
+        assert (tmp_path / artifact).stat().st_size > 10_000
+    assert not (tmp_path / "my_own_model_run").exists()  # checkpoints are dropped once the run is complete
+
+
+@needs_shared
+def test_killed_run_resumes_where_it_stopped(prepared_data, tmp_path):
+    cmd = [sys.executable, str(SCRIPTS / "train.py"), *TINY, "--epochs", "4", "--out", str(tmp_path), "--no-evaluate"]
+    log = tmp_path / "my_own_model_run" / "history.csv"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 2:  # header + one epoch
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(log.read_text().splitlines()) - 1
+    assert 1 <= done < 4
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming" in result.stdout
+    epochs_run_again = re.findall(r"^epoch +(\d+)", result.stdout, re.M)
+    assert int(epochs_run_again[0]) == done + 1  # continues after the last finished epoch
+    assert list(pd.read_csv(tmp_path / "history.csv").epoch) == [0, 1, 2, 3]
+
+
+def test_train_without_prepared_data(tmp_path):
+    assert_clean_error(run_script("train.py", "--data-dir", tmp_path, "--out", tmp_path / "m"), "preprocess.py")
+
+
+def test_train_into_unwritable_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_clean_error(run_script("train.py", "--out", blocker / "sub"), "cannot write to output folder")
+
+
+def test_predict_with_missing_or_corrupt_model(tmp_path):
+    assert_clean_error(run_script("predict.py", "--model", tmp_path / "none.pkl"), "model not found")
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(b"not a pickle")
+    assert_clean_error(run_script("predict.py", "--model", bad), "cannot load model")
+
+
+def test_model_of_the_wrong_shape_is_refused(tmp_path):
+    import keras
+    wrong = keras.Sequential([keras.Input((64, 64, 1)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    with open(tmp_path / "wrong.pkl", "wb") as f:
+        pickle.dump(wrong, f)
+    assert_clean_error(run_script("predict.py", "--model", tmp_path / "wrong.pkl", "--test-csv", tmp_path / "x.csv"))
+    with pytest.raises(ex.UserError, match="expected"):
+        ex.load_model(tmp_path / "wrong.pkl")
+
+
+def test_predict_without_test_data(tmp_path):
+    assert_clean_error(run_script("predict.py", "--test-csv", tmp_path / "test.csv"), "preprocess.py")
+
+
+@needs_shared
+def test_committed_model_accuracy_on_the_7178_test_images(prepared_data):
+    result = run_script("predict.py", "--verbose")
+    assert result.returncode == 0, result.stderr[-2000:]
+    first = result.stdout.splitlines()[0]
+    match = re.fullmatch(r"Accuracy on test set: (\d+)%", first)
+    assert match, first
+    assert int(match.group(1)) >= MIN_TEST_ACCURACY
+    assert "on 7,178 images" in result.stdout and "PrivateTest" in result.stdout
+    # The committed metrics were measured with the committed model.
+    metrics = json.loads((ex.MODEL_DIR / "metrics.json").read_text())
+    assert int(metrics["test_flip_tta"]["accuracy"] * 100) == int(match.group(1))
+
+
+MIN_TEST_ACCURACY = 70
