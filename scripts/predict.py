@@ -4,9 +4,9 @@
     python scripts/predict.py --verbose       # + per split, per class, single pass vs flip averaging
     python scripts/predict.py photo.jpg ...   # every face in each photo: emotion, probability
 
-The prediction averages the model's output on the face and on its mirror image (flip
-test-time augmentation); --no-tta turns that off. The printed percentage is truncated,
-never rounded up.
+By default the prediction averages the model's output on the face and on its mirror image
+(flip test-time augmentation); --tta chooses. The printed percentage is truncated, never
+rounded up.
 """
 import argparse
 import sys
@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 import expressions as ex
+
+# Test-time augmentation: (flip, shift in pixels) for make_predictor.
+TTA = {"none": (False, 0), "flip": (True, 0), "flip+shift": (True, 2)}
 
 
 def parse_args(argv=None):
@@ -25,7 +28,11 @@ def parse_args(argv=None):
                    help="model .pkl file (default: %(default)s)")
     p.add_argument("--test-csv", type=Path, default=ex.DATA_DIR / "test.csv",
                    help="labelled test images, course format emotion,pixels[,Usage] (default: %(default)s)")
-    p.add_argument("--no-tta", action="store_true", help="single pass, no flip averaging (default: flip averaging)")
+    p.add_argument("--tta", choices=list(TTA), default="flip",
+                   help="test-time augmentation: none (single pass), flip (average with the mirror image), "
+                        "flip+shift (10 views: 5 positions 2 px apart, each also mirrored) (default: %(default)s)")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="test: --test-csv; val: the validation split from preprocess.py, for tuning (default: %(default)s)")
     p.add_argument("--verbose", action="store_true", help="also print per-split and per-class figures")
     p.add_argument("--out", type=Path, default=None,
                    help="with photos: folder for the annotated images (default: none written)")
@@ -43,14 +50,18 @@ def load_test_csv(path: Path):
 
 
 def evaluate(args):
-    x, y, usage = load_test_csv(args.test_csv)
+    if args.split == "val":
+        data = ex.load_prepared()
+        x, y, usage = data["x_val"], data["y_val"].astype(int), None
+    else:
+        x, y, usage = load_test_csv(args.test_csv)
     model = ex.load_model(args.model)
-    proba = ex.predict_in_batches(model, x, flip_tta=not args.no_tta)
-    report = ex.classification_report(y, proba.argmax(1), usage)
-    print(f"Accuracy on test set: {int(report['accuracy'] * 100)}%")
+    flip, shift = TTA[args.tta]
+    report = ex.classification_report(y, ex.predict_in_batches(model, x, flip, shift=shift).argmax(1), usage)
+    print(f"Accuracy on {'test' if args.split == 'test' else 'validation'} set: {int(report['accuracy'] * 100)}%")
     if args.verbose:
         single = ex.classification_report(y, ex.predict_in_batches(model, x, flip_tta=False).argmax(1), usage)
-        for name, rep in [("single pass", single)] + ([] if args.no_tta else [("flip averaging", report)]):
+        for name, rep in [("single pass", single)] + ([] if args.tta == "none" else [(args.tta, report)]):
             splits = ", ".join(f"{s} {rep[f'accuracy_{s}']:.2%}" for s in ("PublicTest", "PrivateTest")
                                if f"accuracy_{s}" in rep)
             print(f"{name:>15}: {rep['accuracy']:.2%} on {rep['n']:,} images ({splits}); macro-F1 {rep['macro_f1']:.3f}")
@@ -64,7 +75,7 @@ def read_photos(args):
     """Every face in every photo: emotion, probability, valence and arousal."""
     import cv2
     images = [(path, ex.read_image(path)) for path in args.photos]  # fail early on an unreadable file
-    reader = ex.EmotionReader(ex.load_model(args.model), flip_tta=not args.no_tta, detect_width=1000)
+    reader = ex.EmotionReader(ex.load_model(args.model), flip_tta=TTA[args.tta][0], detect_width=1000)
     without_face = []
     for path, image in images:
         boxes, _, proba = reader(image, still=True)
