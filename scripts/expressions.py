@@ -18,6 +18,27 @@ from pathlib import Path
 
 import numpy as np
 
+# TensorFlow's C++ start-up chatter (oneDNN, CPU feature notes) is not for users.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def import_tensorflow():
+    """Import TensorFlow and Keras with the lines their C++ start-up writes straight to the
+    stderr file descriptor hidden (TF_CPP_MIN_LOG_LEVEL does not reach them)."""
+    if "keras" not in sys.modules:
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            import tensorflow  # noqa: F401
+            import keras  # noqa: F401
+            tensorflow.constant(0)  # the first op loads the CPU kernels, which also print
+        finally:
+            os.dup2(saved, 2)
+            os.close(devnull)
+            os.close(saved)
+    return sys.modules["tensorflow"], sys.modules["keras"]
+
 # ---------------------------------------------------------------- labels & paths
 # FER2013's label ids, in the order the model outputs them.
 EMOTIONS = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
@@ -56,7 +77,7 @@ def run_cli(main):
 
 
 # ---------------------------------------------------------------- reading FER2013
-def _read_csv_text(path: Path) -> str:
+def read_csv_text(path: Path) -> str:
     """Text of a .csv or .csv.gz file; a clear error if it is not readable text."""
     try:
         if path.suffix == ".gz":
@@ -67,7 +88,7 @@ def _read_csv_text(path: Path) -> str:
         raise UserError(f"cannot read {path}: {err.__class__.__name__}: {err}") from None
 
 
-def _parse_table(text: str, name: str):
+def parse_csv_table(text: str, name: str):
     """Parse CSV text into a DataFrame with stripped column names."""
     import pandas as pd
     if not text.strip():
@@ -208,12 +229,12 @@ def fingerprint(paths) -> str:
 def load_fer2013(kind: str, paths, skip_bad_rows: bool = False):
     """Read FER2013 in any supported layout. Returns (x uint8, y int8, usage str, n_dropped)."""
     if kind == "kaggle":
-        df = _parse_table(_read_csv_text(paths[0]), str(paths[0]))
+        df = parse_csv_table(read_csv_text(paths[0]), str(paths[0]))
         return validate_rows(df, str(paths[0]), skip_bad_rows)
     if kind == "zip":
         return _load_zip(paths[0], skip_bad_rows)
-    train_df = _parse_table(_read_csv_text(paths[0]), str(paths[0]))
-    test_df = _parse_table(_read_csv_text(paths[1]), str(paths[1]))
+    train_df = parse_csv_table(read_csv_text(paths[0]), str(paths[0]))
+    test_df = parse_csv_table(read_csv_text(paths[1]), str(paths[1]))
     return _combine_course(train_df, test_df, str(paths[0]), str(paths[1]), skip_bad_rows)
 
 
@@ -242,14 +263,14 @@ def _load_zip(path: Path, skip_bad_rows):
                 match = [n for n in names if n.endswith(want)]
                 if match:
                     text = z.read(match[0]).decode("utf-8")
-                    return validate_rows(_parse_table(text, f"{path}:{match[0]}"), f"{path}:{match[0]}", skip_bad_rows)
+                    return validate_rows(parse_csv_table(text, f"{path}:{match[0]}"), f"{path}:{match[0]}", skip_bad_rows)
             tars = [n for n in names if n.endswith(".tar.gz")]
             if tars:
                 with tarfile.open(fileobj=io.BytesIO(z.read(tars[0]))) as t:
                     member = next((m for m in t.getmembers() if m.name.endswith("fer2013.csv")), None)
                     if member:
                         text = t.extractfile(member).read().decode("utf-8")
-                        return validate_rows(_parse_table(text, f"{path}:{member.name}"), str(path), skip_bad_rows)
+                        return validate_rows(parse_csv_table(text, f"{path}:{member.name}"), str(path), skip_bad_rows)
     except (zipfile.BadZipFile, tarfile.TarError, OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
     raise UserError(f"{path} holds no fer2013.csv or icml_face_data.csv")
@@ -298,8 +319,7 @@ def load_model(path: Path = MODEL_PATH):
     path = Path(path)
     if not path.exists():
         raise UserError(f"model not found at {path}: train one with `python scripts/train.py`")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras  # noqa: F401  (unpickling needs Keras imported)
+    import_tensorflow()  # unpickling needs Keras imported
     try:
         with open(path, "rb") as f:
             model = pickle.load(f)
@@ -323,7 +343,7 @@ def make_predictor(model, flip_tta: bool = True, shift: int = 0):
     shift > 0 also averages over the image moved by that many pixels left, right, up
     and down (5 positions, 10 views with the flip).
     """
-    import tensorflow as tf
+    tf, _ = import_tensorflow()
     offsets = [(0, 0)] + ([(shift, 0), (-shift, 0), (0, shift), (0, -shift)] if shift else [])
 
     @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32)])

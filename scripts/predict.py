@@ -42,7 +42,7 @@ def parse_args(argv=None):
 def load_test_csv(path: Path):
     if not path.exists():
         raise ex.UserError(f"test data not found at {path}: run `python scripts/preprocess.py` first")
-    df = ex._parse_table(ex._read_csv_text(path), str(path))
+    df = ex.parse_csv_table(ex.read_csv_text(path), str(path))
     if "Usage" not in df.columns:
         df = df.assign(Usage="PublicTest")
     x, y, usage, _ = ex.validate_rows(df, str(path))

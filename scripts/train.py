@@ -22,13 +22,13 @@ import platform
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 import expressions as ex
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def parse_args(argv=None):
@@ -60,6 +60,9 @@ def parse_args(argv=None):
                         "(TF_CONFIG) (default: %(default)s)")
     p.add_argument("--fresh", action="store_true", help="ignore an interrupted run's checkpoint and start over")
     p.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation and plots at the end")
+    p.add_argument("--benchmark", type=int, default=0, metavar="STEPS",
+                   help="do not train: time this many training steps (after 3 warm-up steps) with the "
+                        "chosen --width, --batch-size and --mixed-precision, print images/s (default: off)")
     p.add_argument("--report-only", action="store_true",
                    help="do not train: re-evaluate the model in --out and rewrite its reports")
     args = p.parse_args(argv)
@@ -217,6 +220,22 @@ def make_callbacks(work_dir: Path, time_budget_min, started):
             KeepBest(), EpochLine(), Checkpoint()]
 
 
+def measure_throughput(args, train_ds, use_bf16):
+    """Training images per second of the real model and input pipeline (augmentation included)."""
+    import keras
+    model = build_model(args.width, args.dropout)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
+                  loss="categorical_crossentropy")
+    batches = train_ds.repeat()
+    model.fit(batches, steps_per_epoch=3, epochs=1, verbose=0)  # build and trace
+    started = time.time()
+    model.fit(batches, steps_per_epoch=args.benchmark, epochs=1, verbose=0)
+    rate = args.benchmark * args.batch_size / (time.time() - started)
+    print(f"width {args.width}, {model.count_params():,} parameters, batch {args.batch_size}, "
+          f"{'mixed bfloat16' if use_bf16 else 'float32'}: {rate:.0f} training images/s")
+    return 0
+
+
 def cpu_has_bf16():
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -369,8 +388,7 @@ def main(argv=None):
         raise ex.UserError(f"cannot write to output folder {out}: {err.strerror}")
     data = ex.load_prepared(args.data_dir)
 
-    import keras
-    import tensorflow as tf
+    tf, keras = ex.import_tensorflow()
     keras.utils.set_random_seed(args.seed)
     if args.subset:
         rng = np.random.default_rng(args.seed)
@@ -379,13 +397,23 @@ def main(argv=None):
         data["x_train"], data["y_train"] = data["x_train"][tr], data["y_train"][tr]
         data["x_val"], data["y_val"] = data["x_val"][va], data["y_val"][va]
 
+    use_bf16 = args.mixed_precision == "on" or (args.mixed_precision == "auto" and cpu_has_bf16())
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if use_bf16 else "float32")
+    strategy = get_strategy(args.strategy)
+    train_ds, val_ds = make_datasets(data, args.batch_size, args.erase_prob, args.seed)
+    steps_per_epoch = len(data["x_train"]) // args.batch_size
+    if steps_per_epoch < 1:
+        raise ex.UserError(f"{len(data['x_train'])} training images is fewer than one batch of {args.batch_size}")
+    if args.benchmark:
+        return measure_throughput(args, train_ds, use_bf16)
+
     # Checkpoints of an unfinished run live here until the run completes.
     work_dir = out / f"{args.model_name}_run"
     if args.fresh and work_dir.exists():
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-              if k not in ("fresh", "no_evaluate", "time_budget", "report_only")}
+              if k not in ("fresh", "no_evaluate", "time_budget", "report_only", "benchmark")}
     config_path = work_dir / "config.json"
     if config_path.exists() and json.loads(config_path.read_text()) != config:
         raise ex.UserError(f"{work_dir} holds an interrupted run with other options: "
@@ -397,13 +425,6 @@ def main(argv=None):
         for stale in ("history.csv", "wall_time.json", "best.weights.h5", "tensorboard"):
             shutil.rmtree(work_dir / stale) if (work_dir / stale).is_dir() else (work_dir / stale).unlink(missing_ok=True)
 
-    use_bf16 = args.mixed_precision == "on" or (args.mixed_precision == "auto" and cpu_has_bf16())
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if use_bf16 else "float32")
-    strategy = get_strategy(args.strategy)
-    train_ds, val_ds = make_datasets(data, args.batch_size, args.erase_prob, args.seed)
-    steps_per_epoch = len(data["x_train"]) // args.batch_size
-    if steps_per_epoch < 1:
-        raise ex.UserError(f"{len(data['x_train'])} training images is fewer than one batch of {args.batch_size}")
     with strategy.scope():
         if initial_epoch:  # an interrupted run: weights, optimizer and schedule position
             model = keras.models.load_model(checkpoint)
@@ -424,6 +445,7 @@ def main(argv=None):
           f"{args.epochs} epochs of {steps_per_epoch} steps, {'mixed bfloat16' if use_bf16 else 'float32'}", flush=True)
 
     started = time.time()
+    warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our tf.data pipeline shuffles
     model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=initial_epoch, verbose=0,
               callbacks=make_callbacks(work_dir, args.time_budget, started))
 

@@ -1,0 +1,74 @@
+"""Screenshot of a real TensorBoard serving the training logs (results/model/tensorboard.png).
+
+Starts TensorBoard on 127.0.0.1, opens it in headless Chromium (Debian: apt-get install
+chromium), saves the page as a PNG and stops TensorBoard. A developer tool, not used in CI.
+
+    python scripts/tensorboard_screenshot.py
+"""
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import expressions as ex
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--logdir", type=Path, default=ex.MODEL_DIR / "tensorboard",
+                   help="TensorBoard log folder (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=ex.MODEL_DIR / "tensorboard.png", help="(default: %(default)s)")
+    p.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"),
+                   help="browser binary (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not args.logdir.is_dir():
+        raise ex.UserError(f"no TensorBoard logs at {args.logdir}: train a model first")
+    if not args.chromium:
+        raise ex.UserError("no chromium found: apt-get install chromium")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    board = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(args.logdir),
+                              "--host", "127.0.0.1", "--port", str(port)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(60):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise ex.UserError("TensorBoard did not start")
+        with tempfile.TemporaryDirectory() as profile:
+            # WebGL off: TensorBoard then draws its charts with a canvas that headless Chromium renders.
+            subprocess.run([args.chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-3d-apis",
+                            "--disable-webgl", "--disable-background-networking", "--disable-quic",
+                            "--no-first-run", "--disable-component-update", "--disable-sync",
+                            f"--user-data-dir={profile}", "--hide-scrollbars", "--window-size=1600,1150",
+                            "--virtual-time-budget=20000", f"--screenshot={args.out.resolve()}",
+                            url + "?darkMode=false#timeseries"],
+                           check=True, capture_output=True, timeout=120)
+    finally:
+        board.terminate()
+        board.wait()
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    ex.run_cli(lambda: main(sys.argv[1:]))
