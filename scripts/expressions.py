@@ -20,6 +20,8 @@ import numpy as np
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU feature notes) is not for users.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# OpenCV's own warnings (a missing camera, say) would duplicate our one-line messages.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
 def import_tensorflow():
@@ -365,6 +367,11 @@ def make_predictor(model, flip_tta: bool = True, shift: int = 0):
     return predict
 
 
+# Test-time augmentation modes: (flip, shift in pixels) for make_predictor. flip+shift was
+# the best on the validation split (see the README); it is predict.py's default.
+TTA_MODES = {"none": (False, 0), "flip": (True, 0), "flip+shift": (True, 2)}
+DEFAULT_TTA = "flip+shift"
+
 _predictors = {}
 
 
@@ -488,9 +495,10 @@ class EmotionReader:
     up new faces); in between, each face is looked for only around where it just was.
     """
 
-    def __init__(self, model, flip_tta=True, margin=CROP_MARGIN, detect_width=DETECT_WIDTH, full_every=5):
+    def __init__(self, model, flip_tta=True, shift=0, margin=CROP_MARGIN, detect_width=DETECT_WIDTH,
+                 full_every=5):
         self.detector = load_face_detector()
-        self.predict = make_predictor(model, flip_tta)
+        self.predict = make_predictor(model, flip_tta, shift)
         self.margin, self.detect_width, self.full_every = margin, detect_width, full_every
         self.previous, self.frame_no = [], 0
 

@@ -4,7 +4,7 @@ A targeted iterative gradient attack (projected gradient descent toward --target
 exact model input, 48x48 grey pixels 0..255. The change stays within an L-infinity bound
 of epsilon grey levels; epsilon is tried as 1, 2, 3, ... and the smallest one that still
 flips the saved, rounded 8-bit image wins. The attack goes through the same flip averaging
-that predict.py uses (the gradient of the averaged prediction).
+that predict.py uses (the gradient of the prediction averaged over the 10 views).
 
     python scripts/hack_the_cnn.py                    # scikit-image's astronaut() photo (smiling)
     python scripts/hack_the_cnn.py --image me.jpg
@@ -33,7 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--target", default="Sad", choices=ex.EMOTIONS, help="class to reach (default: %(default)s)")
     p.add_argument("--max-eps", type=int, default=8, help="largest L-inf bound tried, grey levels (default: %(default)s)")
     p.add_argument("--steps", type=int, default=300, help="gradient steps per epsilon (default: %(default)s)")
-    p.add_argument("--no-tta", action="store_true", help="attack the single-pass model instead of the flip average")
+    p.add_argument("--no-tta", action="store_true",
+                   help="attack the single-pass model instead of predict.py's test-time augmentation")
     p.add_argument("--out", type=Path, default=ex.HACK_DIR, help="output folder (default: %(default)s)")
     return p.parse_args(argv)
 
@@ -51,12 +52,12 @@ def face_from(args, reader):
     return crops[0], name
 
 
-def attack(model, x0, target, eps, steps, flip_tta):
+def attack(model, x0, target, eps, steps, tta):
     """PGD toward `target` within +-eps grey levels; returns the rounded uint8 image and
     whether the rounded image is classified as target, checked at every step."""
     import tensorflow as tf
     x0 = tf.constant(x0[None, ..., None], tf.float32)
-    predict = ex.make_predictor(model, flip_tta)
+    predict = ex.make_predictor(model, *ex.TTA_MODES[tta])
     delta = tf.Variable(tf.zeros_like(x0))
     onehot = tf.one_hot([target], len(ex.EMOTIONS))
     alpha = max(eps / 20, 0.05)
@@ -109,17 +110,17 @@ def main(argv=None):
     args = parse_args(argv)
     import cv2
     model = ex.load_model(args.model)
-    tta = not args.no_tta
-    reader = ex.EmotionReader(model, flip_tta=tta, detect_width=1000)
+    tta = "none" if args.no_tta else ex.DEFAULT_TTA
+    reader = ex.EmotionReader(model, *ex.TTA_MODES[tta], detect_width=1000)
     x0, name = face_from(args, reader)
-    predict = ex.make_predictor(model, tta)
+    predict = ex.make_predictor(model, *ex.TTA_MODES[tta])
     p0 = predict(x0[None, ..., None]).numpy()[0]
     source, target = ex.EMOTIONS.index(args.source_class), ex.EMOTIONS.index(args.target)
     if int(np.argmax(p0)) != source:
         raise ex.UserError(f"the model reads the face in {name} as {ex.EMOTIONS[int(np.argmax(p0))]} "
                            f"({p0.max():.0%}), not {args.source_class}: choose another photo")
     print(f"{name}: {args.source_class} {p0[source]:.0%}; attacking toward {args.target}"
-          f"{' through flip averaging' if tta else ''} ...", flush=True)
+          f" through the {tta} test-time augmentation of predict.py ...", flush=True)
     for eps in range(1, args.max_eps + 1):
         x1, flipped = attack(model, x0, target, eps, args.steps, tta)
         print(f"  epsilon {eps}: {'flipped' if flipped else 'not enough'}", flush=True)
@@ -142,7 +143,7 @@ def main(argv=None):
     diff = r1.astype(float) - r0.astype(float)
     mse = float((diff ** 2).mean())
     report = {
-        "image": name, "flip_tta": tta, "epsilon": eps,
+        "image": name, "tta": tta, "epsilon": eps,
         "linf": int(np.abs(diff).max()), "l2": float(np.sqrt((diff ** 2).sum())),
         "psnr_db": float(10 * np.log10(255 ** 2 / mse)) if mse else None,
         "pixels_changed": int((diff != 0).sum()), "pixels": int(diff.size),

@@ -4,8 +4,9 @@
     python scripts/predict.py --verbose       # + per split, per class, single pass vs flip averaging
     python scripts/predict.py photo.jpg ...   # every face in each photo: emotion, probability
 
-By default the prediction averages the model's output on the face and on its mirror image
-(flip test-time augmentation); --tta chooses. The printed percentage is truncated, never
+By default the prediction averages the model's output over 10 views of the face: 5
+positions 2 pixels apart, each also mirrored (test-time augmentation chosen on the
+validation split); --tta chooses. The printed percentage is truncated, never
 rounded up.
 """
 import argparse
@@ -16,8 +17,7 @@ import numpy as np
 
 import expressions as ex
 
-# Test-time augmentation: (flip, shift in pixels) for make_predictor.
-TTA = {"none": (False, 0), "flip": (True, 0), "flip+shift": (True, 2)}
+TTA = ex.TTA_MODES
 
 
 def parse_args(argv=None):
@@ -28,7 +28,7 @@ def parse_args(argv=None):
                    help="model .pkl file (default: %(default)s)")
     p.add_argument("--test-csv", type=Path, default=ex.DATA_DIR / "test.csv",
                    help="labelled test images, course format emotion,pixels[,Usage] (default: %(default)s)")
-    p.add_argument("--tta", choices=list(TTA), default="flip",
+    p.add_argument("--tta", choices=list(TTA), default=ex.DEFAULT_TTA,
                    help="test-time augmentation: none (single pass), flip (average with the mirror image), "
                         "flip+shift (10 views: 5 positions 2 px apart, each also mirrored) (default: %(default)s)")
     p.add_argument("--split", choices=["test", "val"], default="test",
@@ -75,7 +75,7 @@ def read_photos(args):
     """Every face in every photo: emotion, probability, valence and arousal."""
     import cv2
     images = [(path, ex.read_image(path)) for path in args.photos]  # fail early on an unreadable file
-    reader = ex.EmotionReader(ex.load_model(args.model), flip_tta=TTA[args.tta][0], detect_width=1000)
+    reader = ex.EmotionReader(ex.load_model(args.model), *TTA[args.tta], detect_width=1000)
     without_face = []
     for path, image in images:
         boxes, _, proba = reader(image, still=True)

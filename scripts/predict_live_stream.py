@@ -71,17 +71,23 @@ def open_source(args):
 class SecondSummary:
     """Collects the probabilities of each face id within one second."""
 
+    MIN_SHARE = 0.3  # a face must be found in 30 % of the second's frames to be reported
+
     def __init__(self):
-        self.proba, self.boxes = {}, {}
+        self.proba, self.boxes, self.frames = {}, {}, 0
 
     def add(self, ids, boxes, proba):
+        self.frames += 1
         for i, b, p in zip(ids, boxes, proba):
             self.proba.setdefault(i, []).append(p)
             self.boxes[i] = b
 
     def faces(self):
-        """[(id, mean probabilities, last box, frames)], the most often seen face first."""
-        rows = [(i, np.mean(ps, axis=0), self.boxes[i], len(ps)) for i, ps in self.proba.items()]
+        """[(id, mean probabilities, last box, frames)], the most often seen face first.
+        Boxes seen in only a few frames are left out: the detector's rare false alarms
+        (a patch of background) do not last, real faces do."""
+        rows = [(i, np.mean(ps, axis=0), self.boxes[i], len(ps)) for i, ps in self.proba.items()
+                if len(ps) >= self.MIN_SHARE * self.frames]
         return sorted(rows, key=lambda r: (-r[3], r[0]))
 
 
@@ -105,10 +111,13 @@ def plot_timeline(timeline, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    ids = sorted({row[1] for row in timeline})[:4]
+    seconds_seen = {}
+    for row in timeline:
+        seconds_seen[row[1]] = seconds_seen.get(row[1], 0) + 1
+    ids = sorted(seconds_seen, key=lambda i: -seconds_seen[i])[:4]  # the faces seen longest
     if not ids:
         return
-    fig, axes = plt.subplots(len(ids), 1, figsize=(11, 3.2 * len(ids)), squeeze=False)
+    fig, axes = plt.subplots(len(ids), 1, figsize=(11, 3.2 * len(ids)), squeeze=False, sharex=True)
     for ax, face_id in zip(axes[:, 0], ids):
         rows = [r for r in timeline if r[1] == face_id]
         t = np.array([r[0] for r in rows])

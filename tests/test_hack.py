@@ -14,10 +14,10 @@ def test_attack_reaches_a_chosen_target_within_the_bound():
     model = ex.load_model()
     x0 = cv2.imread(str(ex.HACK_DIR / "input_image.png"), cv2.IMREAD_GRAYSCALE)
     target = ex.EMOTIONS.index("Angry")
-    x1, flipped = hack_the_cnn.attack(model, x0, target, eps=4, steps=150, flip_tta=True)
+    x1, flipped = hack_the_cnn.attack(model, x0, target, eps=4, steps=150, tta=ex.DEFAULT_TTA)
     assert flipped
     assert np.abs(x1.astype(int) - x0.astype(int)).max() <= 4
-    p = ex.make_predictor(model, True)(x1[None, ..., None]).numpy()[0]
+    p = ex.make_predictor(model, *ex.TTA_MODES[ex.DEFAULT_TTA])(x1[None, ..., None]).numpy()[0]
     assert int(np.argmax(p)) == target
 
 
@@ -28,7 +28,7 @@ def test_committed_hack_reloads_as_happy_and_sad():
     assert x0.shape == x1.shape == (48, 48) and x0.dtype == np.uint8
     linf = np.abs(x1.astype(int) - x0.astype(int)).max()
     assert 0 < linf <= report["epsilon"] == report["linf"]
-    p = ex.make_predictor(ex.load_model(), report["flip_tta"])(np.stack([x0, x1])[..., None]).numpy()
+    p = ex.make_predictor(ex.load_model(), *ex.TTA_MODES[report["tta"]])(np.stack([x0, x1])[..., None]).numpy()
     assert ex.EMOTIONS[int(np.argmax(p[0]))] == "Happy"
     assert ex.EMOTIONS[int(np.argmax(p[1]))] == "Sad"
 
