@@ -371,7 +371,8 @@ def write_architecture(model, metrics, path):
     lines = []
     os.environ["COLUMNS"] = "110"  # rich, which draws the table, otherwise cuts it at 80 columns
     model.summary(print_fn=lambda line, *a, **k: lines.append(line), line_length=100)
-    run = [f"Run that produced this model (python scripts/train.py {' '.join(sys.argv[1:])})".rstrip(),
+    command = metrics.get("command", "python scripts/train.py (options: see config in metrics.json)")
+    run = [f"Run that produced this model: {command}",
            "-" * 60,
            f"epochs run: {metrics['epochs_run']}, kept epoch: {metrics['kept_epoch']} "
            f"(best validation accuracy {metrics['val_accuracy']:.2%})",
@@ -479,7 +480,8 @@ def main(argv=None):
     print(f"saved {model_path} (epoch {kept_epoch}, val_acc {history['val_accuracy'].max():.4f}); "
           f"training took {wall / 60:.1f} min", flush=True)
 
-    metrics = {"model": model_path.name, "epochs_run": len(history), "kept_epoch": kept_epoch,
+    metrics = {"model": model_path.name, "command": " ".join(["python scripts/train.py", *sys.argv[1:]]),
+               "epochs_run": len(history), "kept_epoch": kept_epoch,
                "val_accuracy": float(history["val_accuracy"].max()), "train_wall_minutes": wall / 60,
                "parameters": int(final.count_params()), "config": config,
                "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
