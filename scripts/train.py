@@ -158,7 +158,7 @@ def make_datasets(data, batch_size, erase_prob, seed):
 
 
 # ---------------------------------------------------------------- callbacks
-def make_callbacks(work_dir: Path, time_budget_min, started):
+def make_callbacks(work_dir: Path, time_budget_min):
     import keras
 
     class KeepBest(keras.callbacks.Callback):
@@ -459,10 +459,9 @@ def main(argv=None):
           f"{len(data['x_train']):,} train / {len(data['x_val']):,} validation images, "
           f"{args.epochs} epochs of {steps_per_epoch} steps, {'mixed bfloat16' if use_bf16 else 'float32'}", flush=True)
 
-    started = time.time()
     warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our tf.data pipeline shuffles
     model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=initial_epoch, verbose=0,
-              callbacks=make_callbacks(work_dir, args.time_budget, started))
+              callbacks=make_callbacks(work_dir, args.time_budget))
 
     # Keep the best validation epoch, rebuilt in float32 so inference needs no bf16 support.
     import pandas as pd
