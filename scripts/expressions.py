@@ -53,9 +53,12 @@ DATA_DIR = ROOT / "data"
 RESULTS_DIR = ROOT / "results"
 MODEL_DIR = RESULTS_DIR / "model"
 MODEL_PATH = MODEL_DIR / "my_own_model.pkl"
+# Short names for the committed models, accepted wherever a model path is.
+MODEL_ALIASES = {"own": MODEL_PATH, "pre_trained": MODEL_DIR / "pre_trained_model.pkl"}
 PREPROCESSING_TEST_DIR = RESULTS_DIR / "preprocessing_test"
 HACK_DIR = RESULTS_DIR / "hack_cnn"
-SHARED_FER2013 = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
+SHARED_DIR = ROOT.parent / "shared"  # read-only data and media beside the project, when present
+SHARED_FER2013 = SHARED_DIR / "data" / "fer2013" / "fer2013.csv.gz"
 PREPARED_NPZ = "fer2013_prepared.npz"  # under the data directory
 KAGGLE_URL = ("https://www.kaggle.com/c/challenges-in-representation-learning-"
               "facial-expression-recognition-challenge/data")
@@ -63,6 +66,18 @@ KAGGLE_URL = ("https://www.kaggle.com/c/challenges-in-representation-learning-"
 
 class UserError(Exception):
     """A problem the user can fix (missing file, bad format, ...): shown as one line."""
+
+
+def cpu_name():
+    """The CPU model, for the machine line of reports."""
+    import platform
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def run_cli(main):
@@ -317,8 +332,9 @@ def save_model(model, path: Path):
 
 
 def load_model(path: Path = MODEL_PATH):
-    """Load a pickled Keras model and check it maps 48x48x1 pixels to 7 probabilities."""
-    path = Path(path)
+    """Load a pickled Keras model (a path, or 'own' / 'pre_trained') and check it maps
+    48x48x1 pixels to 7 probabilities."""
+    path = Path(MODEL_ALIASES.get(str(path), path))
     if not path.exists():
         raise UserError(f"model not found at {path}: train one with `python scripts/train.py`")
     import_tensorflow()  # unpickling needs Keras imported

@@ -27,7 +27,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", type=Path, default=None,
                    help="photo with a face (default: scikit-image's astronaut() photo, NASA)")
-    p.add_argument("--model", default=str(ex.MODEL_PATH), help="model .pkl file (default: %(default)s)")
+    p.add_argument("--model", default="own",
+                   help="model .pkl file, or own / pre_trained for the committed models (default: %(default)s)")
     p.add_argument("--source-class", default="Happy", choices=ex.EMOTIONS,
                    help="what the model must say about the face first (default: %(default)s)")
     p.add_argument("--target", default="Sad", choices=ex.EMOTIONS, help="class to reach (default: %(default)s)")

@@ -19,14 +19,15 @@ import numpy as np
 
 import expressions as ex
 
-MEDIA = ex.ROOT.parent / "shared" / "media"
+MEDIA = ex.SHARED_DIR / "media"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--margins", default="0,0.05,0.1,0.15,0.2,0.3",
                    help="margins to try, share of the box added on each side (default: %(default)s)")
-    p.add_argument("--model", default=str(ex.MODEL_PATH), help="model .pkl file (default: %(default)s)")
+    p.add_argument("--model", default="own",
+                   help="model .pkl file, or own / pre_trained for the committed models (default: %(default)s)")
     p.add_argument("--media", type=Path, default=MEDIA, help="photos/ and *.mp4 folder (default: %(default)s)")
     p.add_argument("--frames", type=int, default=150, help="frames read from each video (default: %(default)s)")
     return p.parse_args(argv)

@@ -24,8 +24,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("photos", nargs="*", type=Path,
                    help="photos to read faces from (default: none, evaluate on the test set)")
-    p.add_argument("--model", default=str(ex.MODEL_PATH),
-                   help="model .pkl file (default: %(default)s)")
+    p.add_argument("--model", default="own",
+                   help="model .pkl file, or own / pre_trained for the committed models (default: %(default)s)")
     p.add_argument("--test-csv", type=Path, default=ex.DATA_DIR / "test.csv",
                    help="labelled test images, course format emotion,pixels[,Usage] (default: %(default)s)")
     p.add_argument("--tta", choices=list(TTA), default=ex.DEFAULT_TTA,

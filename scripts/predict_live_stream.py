@@ -32,7 +32,8 @@ def parse_args(argv=None):
                    help="webcam index, or a video file path or stream URL (default: %(default)s, the first webcam)")
     p.add_argument("--fallback", type=Path, default=ex.PREPROCESSING_TEST_DIR / "input_video.mp4",
                    help="video to read when the webcam cannot be opened (default: %(default)s)")
-    p.add_argument("--model", default=str(ex.MODEL_PATH), help="model .pkl file (default: %(default)s)")
+    p.add_argument("--model", default="own",
+                   help="model .pkl file, or own / pre_trained for the committed models (default: %(default)s)")
     p.add_argument("--realtime", action="store_true",
                    help="pace a video file like a live stream and print wall-clock times (default: as fast as possible)")
     p.add_argument("--max-seconds", type=float, default=None,

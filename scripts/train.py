@@ -6,19 +6,23 @@ stages of two convolutions each, then a small dense head. It takes raw 48x48x1 p
 
 Recipe: random affine augmentation (flip, shift, zoom, rotation) plus random erasing,
 SGD with Nesterov momentum, linear warm-up then cosine decay, label smoothing, weight
-decay, mixed bfloat16. The epoch with the best validation accuracy (validation carved
-from Training; test rows are never seen) is kept.
+decay; mixed bfloat16 where the CPU has it. The epoch with the best validation accuracy
+(validation carved from Training; test rows are never seen) is kept.
+
+--backbone mobilenet builds the brief's optional pre-trained model instead: ImageNet
+MobileNet weights (offline, from ../shared/weights), fine-tuned freeze-then-unfreeze with
+the same data, validation protocol and reports (results/model/pre_trained_model*).
 
 Every epoch is checkpointed: a run that is killed and started again with the same
 command continues where it stopped. The model is written to --out only when the run ends.
 
     python scripts/train.py                          # the committed model
     python scripts/train.py --subset 500 --epochs 2  # a quick smoke run
+    python scripts/train.py --backbone mobilenet     # the pre-trained model
 """
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -29,11 +33,13 @@ import numpy as np
 
 import expressions as ex
 
+# Keras Applications' ImageNet MobileNet (alpha 0.25, no top), kept offline beside the project.
+SHARED_MOBILENET = ex.SHARED_DIR / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=36, help="training epochs (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=50, help="training epochs (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate (default: %(default)s)")
     p.add_argument("--warmup-epochs", type=float, default=2, help="linear warm-up length (default: %(default)s)")
@@ -43,6 +49,21 @@ def parse_args(argv=None):
                    help="channels of the first stage; the stages use 1x, 2x, 4x, 8x (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=0.3, help="dropout before the last layer (default: %(default)s)")
     p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability (default: %(default)s)")
+    p.add_argument("--backbone", choices=["vgg", "mobilenet"], default="vgg",
+                   help="vgg: our CNN, trained from scratch; mobilenet: the optional pre-trained model, an "
+                        "ImageNet MobileNet (alpha 0.25) fine-tuned on upscaled faces (default: %(default)s)")
+    p.add_argument("--weights", default=None,
+                   help="mobilenet only: the ImageNet weights, 'imagenet' (Keras downloads them), a path to "
+                        "mobilenet_2_5_224_tf_no_top.h5, or 'none' for random initialisation (default: "
+                        f"{SHARED_MOBILENET} if present, else imagenet)")
+    p.add_argument("--input-px", type=int, default=96,
+                   help="mobilenet only: faces are upscaled inside the model to this size (default: %(default)s)")
+    p.add_argument("--freeze-epochs", type=int, default=2,
+                   help="mobilenet only: epochs that train the new head with the backbone frozen, before "
+                        "everything is fine-tuned (default: %(default)s)")
+    p.add_argument("--finetune-lr", type=float, default=0.01,
+                   help="mobilenet only: peak learning rate once the backbone is unfrozen (1 warm-up epoch, then "
+                        "cosine decay); --lr is the head's rate while frozen (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="minutes; stop after the epoch that would overrun it (default: none)")
     p.add_argument("--subset", type=int, default=None,
@@ -51,7 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", type=Path, default=ex.DATA_DIR, help="prepared data (default: %(default)s)")
     p.add_argument("--out", type=Path, default=ex.MODEL_DIR,
                    help="output folder for the model and its artifacts (default: %(default)s)")
-    p.add_argument("--model-name", default="my_own_model", help="model file stem (default: %(default)s)")
+    p.add_argument("--model-name", default=None,
+                   help="model file stem (default: my_own_model, or pre_trained_model with --backbone mobilenet)")
     p.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto",
                    help="train in mixed bfloat16; auto = on only where the CPU computes bf16 natively "
                         "(AVX512-BF16/AMX; elsewhere it is emulated and about 2.5x slower) (default: %(default)s)")
@@ -68,6 +90,15 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1:
         p.error("--epochs and --batch-size must be positive")
+    if args.model_name is None:
+        args.model_name = "my_own_model" if args.backbone == "vgg" else "pre_trained_model"
+    if args.backbone == "mobilenet":
+        if args.weights is None:
+            args.weights = str(SHARED_MOBILENET) if SHARED_MOBILENET.exists() else "imagenet"
+        if args.weights == "none":
+            args.freeze_epochs = 0  # nothing learnt to protect
+    elif args.weights is not None:
+        p.error("--weights needs --backbone mobilenet")
     return args
 
 
@@ -92,6 +123,60 @@ def build_model(width=32, dropout=0.4):
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(len(ex.EMOTIONS), activation="softmax", dtype="float32", name="emotion")(x)
     return keras.Model(inputs, outputs, name="fer_vgg")
+
+
+def build_pretrained_model(weights, input_px=96, dropout=0.3):
+    """The optional pre-trained model: ImageNet MobileNet (alpha 0.25) on the face upscaled
+    to input_px and repeated to 3 channels. Like our own model it takes raw 48x48x1
+    pixels 0..255; the scaling to MobileNet's [-1, 1] happens inside."""
+    import keras
+    from keras import layers
+    inputs = keras.Input((ex.IMAGE_SIZE, ex.IMAGE_SIZE, 1), name="pixels")
+    x = layers.Resizing(input_px, input_px, interpolation="bilinear", name="upscale")(inputs)
+    x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit")(x)  # mobilenet.preprocess_input
+    try:
+        with warnings.catch_warnings():  # "weights for input shape (224, 224) will be loaded": intended
+            warnings.simplefilter("ignore")
+            backbone = keras.applications.MobileNet(input_shape=(input_px, input_px, 3), alpha=0.25,
+                                                    include_top=False, weights=weights, pooling="avg",
+                                                    name="backbone")
+    except Exception as err:  # a wrong file, or no network for 'imagenet'
+        raise ex.UserError(f"cannot load MobileNet(alpha=0.25, include_top=False) weights from {weights}: "
+                           f"{str(err).splitlines()[0][:200]}") from None
+    x = backbone(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(len(ex.EMOTIONS), activation="softmax", dtype="float32", name="emotion")(x)
+    return keras.Model(inputs, outputs, name="fer_mobilenet")
+
+
+def unfreeze_backbone(model):
+    """Make the backbone trainable, except its batch normalisation: with trainable=False a
+    Keras BatchNormalization layer runs in inference mode, so it keeps its ImageNet
+    statistics. Re-estimating them from batches of a new domain throws the pre-trained
+    features off (the Keras transfer-learning guide's advice; measured here: the training
+    loss jumped from 2.5 to 5.4 in the first fine-tuning epoch when they were left free)."""
+    import keras
+    backbone = model.get_layer("backbone")
+    backbone.trainable = True
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def make_model(args, pretrained=True):
+    """The network --backbone asks for; pretrained=False skips loading ImageNet weights
+    (for a model whose weights are loaded from a checkpoint next)."""
+    if args.backbone == "mobilenet":
+        weights = None if args.weights == "none" or not pretrained else args.weights
+        return build_pretrained_model(weights, args.input_px, args.dropout)
+    return build_model(args.width, args.dropout)
+
+
+def artifact(out: Path, model_name: str, filename: str) -> Path:
+    """Where a run's report goes: results/model/learning_curves.png for our own model,
+    results/model/pre_trained_model_learning_curves.png for another."""
+    return out / (filename if model_name == "my_own_model" else f"{model_name}_{filename}")
 
 
 # ---------------------------------------------------------------- augmentation
@@ -225,7 +310,7 @@ def measure_throughput(args, train_ds, use_bf16):
     included), timed between batch ends so that start-up (tracing, filling the shuffle
     buffer) is left out."""
     import keras
-    model = build_model(args.width, args.dropout)
+    model = make_model(args)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
                   loss="categorical_crossentropy")
     ends = []
@@ -233,19 +318,10 @@ def measure_throughput(args, train_ds, use_bf16):
     warnings.filterwarnings("ignore", message=".*shuffle=True.*")
     model.fit(train_ds.repeat(), steps_per_epoch=3 + args.benchmark, epochs=1, verbose=0, callbacks=[clock])
     rate = args.benchmark * args.batch_size / (ends[-1] - ends[2])
-    print(f"width {args.width}, {model.count_params():,} parameters, batch {args.batch_size}, "
+    size = f"width {args.width}" if args.backbone == "vgg" else f"mobilenet at {args.input_px} px"
+    print(f"{size}, {model.count_params():,} parameters, batch {args.batch_size}, "
           f"{'mixed bfloat16' if use_bf16 else 'float32'}: {rate:.0f} training images/s")
     return 0
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_has_bf16():
@@ -319,10 +395,10 @@ at the mouth means something else at the brows). One 256-unit dense layer with b
 normalisation and dropout, then the 7-way softmax.
 
 The size was set by this machine (2 CPU cores, no GPU, no native bfloat16): measured
-training throughput was about 580, 190 and 110 images/s for w = 16, 32 and 48, and
-mixed bfloat16 was 2.6x slower than float32 here (the CPU has no AVX512-BF16). w = 32
+training throughput was 499, 195 and 105 images/s for w = 16, 32 and 48, and mixed
+bfloat16 was 2.8x slower than float32 here (the CPU has no AVX512-BF16). w = 32
 (1.77 M parameters, about 0.24 GFLOPs per image) trains an epoch of 25,837 images in
-about 2.3 minutes, which leaves room for about 36 epochs in the training budget.
+about 2.2-2.4 minutes, which leaves room for 50 epochs in the 2-hour training budget.
 
 The recipe is deliberately light on regularisation (a heavily regularised variant of
 this size underfits in a short schedule): one random affine warp per image (flip,
@@ -332,6 +408,30 @@ and cosine decay to zero, decoupled weight decay 5e-4, batch 128. The model keep
 epoch with the best accuracy on the validation split (10 % of Training, stratified);
 test images are only used after training. The pixels are scaled inside the model, so
 it takes raw 0..255 grey values.
+"""
+
+
+PRETRAINED_NOTES = """Why this architecture
+---------------------
+The brief's optional pre-trained model. The backbone is Keras Applications' MobileNet v1
+with width multiplier alpha = 0.25, trained on ImageNet (218,544 parameters, 256 output
+channels; the weights file comes from ../shared/weights, nothing is downloaded). It is the
+smallest ImageNet network Keras ships, which matters on 2 CPU cores: at 96x96 input it
+costs about 15 MFLOPs per face, a sixteenth of our own CNN.
+
+ImageNet networks expect colour images of natural scale, so inside the model the 48x48
+grey face is upscaled (bilinear) to --input-px (96: MobileNet's five stride-2 steps then
+leave a 3x3 map), repeated to 3 channels and scaled to [-1, 1] as MobileNet's
+preprocess_input does. The model therefore takes the same raw 48x48x1 pixels 0..255 as
+our own and is evaluated by the same code. The head is global average pooling, dropout
+and a 7-way softmax.
+
+Fine-tuning is freeze-then-unfreeze: for --freeze-epochs epochs only the new head trains
+(SGD at --lr, the backbone frozen), then every layer trains with SGD and Nesterov
+momentum, 1 warm-up epoch to --finetune-lr and cosine decay to zero. The backbone's batch
+normalisation layers stay frozen, with their ImageNet statistics: left free, they threw
+the pre-trained features off at the switch (training loss 2.5 -> 5.4 in a test run). Augmentation, label smoothing, weight decay, batch size, the validation
+split and the choice of the best validation epoch are the same as for our own model.
 """
 
 
@@ -347,10 +447,11 @@ def write_reports(model, metrics, data, out, model_name, evaluate=True):
         for key in ("test_single_pass", "test_flip_tta"):  # names of an older version of this file
             metrics.pop(key, None)
         best = metrics[f"test_tta_{ex.DEFAULT_TTA}"]
-        plot_confusion_matrix(best["confusion_matrix"], out / "confusion_matrix.png",
+        plot_confusion_matrix(best["confusion_matrix"], artifact(out, model_name, "confusion_matrix.png"),
                               f"test set (7,178 images), {ex.DEFAULT_TTA} averaging: {best['accuracy']:.1%}")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    write_architecture(model, metrics, out / f"{model_name}_architecture.txt")
+    artifact(out, model_name, "metrics.json").write_text(json.dumps(metrics, indent=1))
+    notes = PRETRAINED_NOTES if metrics.get("config", {}).get("backbone") == "mobilenet" else ARCHITECTURE_NOTES
+    write_architecture(model, metrics, out / f"{model_name}_architecture.txt", notes)
 
 
 def report_only(args):
@@ -358,16 +459,16 @@ def report_only(args):
     import pandas as pd
     model = ex.load_model(args.out / f"{args.model_name}.pkl")
     try:
-        metrics = json.loads((args.out / "metrics.json").read_text())
-        history = pd.read_csv(args.out / "history.csv")
+        metrics = json.loads(artifact(args.out, args.model_name, "metrics.json").read_text())
+        history = pd.read_csv(artifact(args.out, args.model_name, "history.csv"))
     except (OSError, ValueError) as err:
         raise ex.UserError(f"--report-only needs the metrics.json and history.csv of a finished run in {args.out}: {err}")
-    plot_learning_curves(history, metrics["kept_epoch"], args.out / "learning_curves.png")
+    plot_learning_curves(history, metrics["kept_epoch"], artifact(args.out, args.model_name, "learning_curves.png"))
     write_reports(model, metrics, ex.load_prepared(args.data_dir), args.out, args.model_name)
     return 0
 
 
-def write_architecture(model, metrics, path):
+def write_architecture(model, metrics, path, notes=ARCHITECTURE_NOTES):
     lines = []
     os.environ["COLUMNS"] = "110"  # rich, which draws the table, otherwise cuts it at 80 columns
     model.summary(print_fn=lambda line, *a, **k: lines.append(line), line_length=100)
@@ -383,7 +484,7 @@ def write_architecture(model, metrics, path):
             run.append(f"test accuracy, test-time augmentation {mode}: {m['accuracy']:.2%} on {m['n']:,} images "
                        f"(PublicTest {m['accuracy_PublicTest']:.2%}, PrivateTest {m['accuracy_PrivateTest']:.2%}), "
                        f"macro-F1 {m['macro_f1']:.3f}")
-    path.write_text("Model summary\n-------------\n" + "\n".join(lines) + "\n\n" + ARCHITECTURE_NOTES
+    path.write_text("Model summary\n-------------\n" + "\n".join(lines) + "\n\n" + notes
                     + "\n" + "\n".join(run) + "\n\nThe variants tried before this one, with their measured "
                     "figures, are in iterations.md beside this file.\n")
 
@@ -401,6 +502,9 @@ def main(argv=None):
         probe.unlink()
     except OSError as err:
         raise ex.UserError(f"cannot write to output folder {out}: {err.strerror}")
+    if args.backbone == "mobilenet" and args.weights not in ("imagenet", "none") and not Path(args.weights).is_file():
+        raise ex.UserError(f"MobileNet weights not found at {args.weights}: pass --weights imagenet "
+                           "(downloads them) or the path of mobilenet_2_5_224_tf_no_top.h5")
     data = ex.load_prepared(args.data_dir)
 
     tf, keras = ex.import_tensorflow()
@@ -429,6 +533,9 @@ def main(argv=None):
     work_dir.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "report_only", "benchmark")}
+    if args.backbone == "vgg":  # options of the pre-trained model only
+        for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):
+            config.pop(k)
     config_path = work_dir / "config.json"
     if config_path.exists() and json.loads(config_path.read_text()) != config:
         raise ex.UserError(f"{work_dir} holds an interrupted run with other options: "
@@ -440,42 +547,70 @@ def main(argv=None):
         for stale in ("history.csv", "wall_time.json", "best.weights.h5", "tensorboard"):
             shutil.rmtree(work_dir / stale) if (work_dir / stale).is_dir() else (work_dir / stale).unlink(missing_ok=True)
 
+    def compile_model(model, peak_lr, epochs, warmup_epochs):
+        """SGD with Nesterov momentum, linear warm-up to peak_lr, cosine decay to zero."""
+        total = steps_per_epoch * epochs
+        warmup = min(int(warmup_epochs * steps_per_epoch), total - 1)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=peak_lr * 0.01, decay_steps=total - warmup, alpha=0.0,
+            warmup_target=peak_lr, warmup_steps=warmup)
+        optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
+        model.compile(optimizer=optimizer,
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+                      metrics=["accuracy"])
+
+    # The pre-trained model first trains its new head on a frozen backbone (a constant
+    # rate), then fine-tunes everything; our own CNN has a single phase.
+    frozen_epochs = min(args.freeze_epochs, args.epochs) if args.backbone == "mobilenet" else 0
     with strategy.scope():
         if initial_epoch:  # an interrupted run: weights, optimizer and schedule position
             model = keras.models.load_model(checkpoint)
         else:
-            model = build_model(args.width, args.dropout)
-            total = steps_per_epoch * args.epochs
-            warmup = min(int(args.warmup_epochs * steps_per_epoch), total - 1)
-            schedule = keras.optimizers.schedules.CosineDecay(
-                initial_learning_rate=args.lr * 0.01, decay_steps=total - warmup, alpha=0.0,
-                warmup_target=args.lr, warmup_steps=warmup)
-            optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
-            model.compile(optimizer=optimizer,
-                          loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
-                          metrics=["accuracy"])
+            model = make_model(args)
+            if frozen_epochs:
+                model.get_layer("backbone").trainable = False
+                model.compile(optimizer=keras.optimizers.SGD(args.lr, momentum=0.9, nesterov=True,
+                                                             weight_decay=args.weight_decay),
+                              loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+                              metrics=["accuracy"])
+            elif args.backbone == "mobilenet":  # random initialisation: nothing to freeze
+                compile_model(model, args.finetune_lr, args.epochs, 1)
+            else:
+                compile_model(model, args.lr, args.epochs, args.warmup_epochs)
     what = f"resuming after epoch {initial_epoch}:" if initial_epoch else "training"
     print(f"{what} {model.name}, {model.count_params():,} parameters, "
           f"{len(data['x_train']):,} train / {len(data['x_val']):,} validation images, "
-          f"{args.epochs} epochs of {steps_per_epoch} steps, {'mixed bfloat16' if use_bf16 else 'float32'}", flush=True)
+          f"{args.epochs} epochs of {steps_per_epoch} steps"
+          f"{f' ({frozen_epochs} with the backbone frozen)' if frozen_epochs else ''}, "
+          f"{'mixed bfloat16' if use_bf16 else 'float32'}", flush=True)
 
     warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our tf.data pipeline shuffles
-    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=initial_epoch, verbose=0,
-              callbacks=make_callbacks(work_dir, args.time_budget))
+    callbacks = make_callbacks(work_dir, args.time_budget)
+    if frozen_epochs and initial_epoch < frozen_epochs:
+        model.fit(train_ds, validation_data=val_ds, epochs=frozen_epochs, initial_epoch=initial_epoch,
+                  verbose=0, callbacks=callbacks)
+        initial_epoch = frozen_epochs
+    stopped = model.stop_training  # the time budget ran out
+    if args.backbone == "mobilenet" and not model.get_layer("backbone").trainable and not stopped:
+        with strategy.scope():  # unfreeze: a new optimizer for the fine-tuning phase
+            unfreeze_backbone(model)
+            compile_model(model, args.finetune_lr, args.epochs - frozen_epochs, 1)
+    if initial_epoch < args.epochs and not stopped:
+        model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=initial_epoch, verbose=0,
+                  callbacks=callbacks)
 
     # Keep the best validation epoch, rebuilt in float32 so inference needs no bf16 support.
     import pandas as pd
     history = pd.read_csv(work_dir / "history.csv").drop_duplicates("epoch", keep="last").reset_index(drop=True)
     kept_epoch = int(history.loc[history["val_accuracy"].idxmax(), "epoch"]) + 1
     keras.mixed_precision.set_global_policy("float32")
-    final = build_model(args.width, args.dropout)
-    model.load_weights(work_dir / "best.weights.h5")
-    final.set_weights(model.get_weights())
+    final = make_model(args, pretrained=False)
+    final.load_weights(work_dir / "best.weights.h5")
     wall = sum(json.loads((work_dir / "wall_time.json").read_text()).values())
     model_path = out / f"{args.model_name}.pkl"
     ex.save_model(final, model_path)
-    plot_learning_curves(history, kept_epoch, out / "learning_curves.png")
-    history.to_csv(out / "history.csv", index=False)
+    plot_learning_curves(history, kept_epoch, artifact(out, args.model_name, "learning_curves.png"))
+    history.to_csv(artifact(out, args.model_name, "history.csv"), index=False)
     print(f"saved {model_path} (epoch {kept_epoch}, val_acc {history['val_accuracy'].max():.4f}); "
           f"training took {wall / 60:.1f} min", flush=True)
 
@@ -483,13 +618,14 @@ def main(argv=None):
                "epochs_run": len(history), "kept_epoch": kept_epoch,
                "val_accuracy": float(history["val_accuracy"].max()), "train_wall_minutes": wall / 60,
                "parameters": int(final.count_params()), "config": config,
-               "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
+               "machine": {"cpu": ex.cpu_name(), "cores": os.cpu_count(),
                            "tensorflow": tf.__version__, "keras": keras.__version__}}
     write_reports(final, metrics, data, out, args.model_name, evaluate=not args.no_evaluate)
     # The run is complete: keep its TensorBoard logs, drop the checkpoints, so that the
     # same command run again starts a new run.
-    shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    shutil.move(str(work_dir / "tensorboard"), str(out / "tensorboard"))
+    tensorboard_dir = artifact(out, args.model_name, "tensorboard")
+    shutil.rmtree(tensorboard_dir, ignore_errors=True)
+    shutil.move(str(work_dir / "tensorboard"), str(tensorboard_dir))
     shutil.rmtree(work_dir)
     return 0
 

@@ -1,0 +1,16 @@
+"""benchmark.py itself runs for minutes in its own environment and is not part of the
+suite; here only what a user meets before any measurement starts."""
+from conftest import assert_clean_error, run_script
+
+
+def test_benchmark_without_media_says_where_it_looked(tmp_path):
+    result = run_script("benchmark.py", "--media", tmp_path, "--env", tmp_path / "env")
+    assert_clean_error(result, "test media not found", str(tmp_path))
+    assert not (tmp_path / "env").exists()  # nothing is installed before the inputs are checked
+
+
+def test_benchmark_help_explains_every_option():
+    result = run_script("benchmark.py", "--help")
+    assert result.returncode == 0
+    for option in ("--env", "--model", "--media", "--out", "--repeats", "--latency-calls", "--train-steps"):
+        assert option in result.stdout

@@ -1,0 +1,69 @@
+"""The optional pre-trained model: ImageNet MobileNet weights from ../shared, fine-tuned by train.py."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import expressions as ex
+from conftest import SHARED, assert_clean_error, needs_shared, run_script
+
+MOBILENET = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+needs_weights = pytest.mark.skipif(not MOBILENET.exists(), reason=f"no ImageNet MobileNet weights at {MOBILENET}")
+
+# A small slice, faces kept at 48 px (MobileNet accepts it) so the run takes seconds.
+TINY = ["--backbone", "mobilenet", "--subset", "256", "--batch-size", "64", "--input-px", "48",
+        "--erase-prob", "0"]
+
+
+@needs_weights
+def test_backbone_starts_from_the_imagenet_weights():
+    import h5py
+    import train
+    model = train.build_pretrained_model(str(MOBILENET), input_px=48)
+    kernel = model.get_layer("backbone").get_layer("conv1").get_weights()[0]
+    with h5py.File(MOBILENET, "r") as f:
+        stored = f["conv1"]["conv1"]["kernel:0"][()]
+    np.testing.assert_array_equal(kernel, stored)
+    # Same contract as our own model: raw 48x48x1 pixels in, 7 probabilities out.
+    p = model(np.full((2, 48, 48, 1), 128, np.float32)).numpy()
+    assert p.shape == (2, 7) and np.allclose(p.sum(1), 1, atol=1e-4)
+
+
+@needs_shared
+@needs_weights
+def test_freeze_then_unfreeze_run_writes_the_pretrained_model(prepared_data, tmp_path):
+    result = run_script("train.py", *TINY, "--epochs", "3", "--freeze-epochs", "1", "--out", tmp_path,
+                        "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 with the backbone frozen" in result.stdout
+    model = ex.load_model(tmp_path / "pre_trained_model.pkl")
+    assert model.name == "fer_mobilenet" and model.get_layer("backbone").trainable
+    history = pd.read_csv(tmp_path / "pre_trained_model_history.csv")
+    assert list(history.epoch) == [0, 1, 2]
+    assert history.loss.iloc[-1] < history.loss.iloc[0]
+    metrics = json.loads((tmp_path / "pre_trained_model_metrics.json").read_text())
+    assert metrics["config"]["backbone"] == "mobilenet" and metrics["config"]["freeze_epochs"] == 1
+    assert "MobileNet" in (tmp_path / "pre_trained_model_architecture.txt").read_text()
+    assert (tmp_path / "pre_trained_model_learning_curves.png").exists()
+    assert not (tmp_path / "learning_curves.png").exists()  # our own model's reports are left alone
+    # predict.py evaluates it like our own model.
+    result = run_script("predict.py", "--model", tmp_path / "pre_trained_model.pkl", "--split", "val", "--tta", "none")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("Accuracy on validation set: ")
+
+
+def test_missing_weights_file(tmp_path):
+    result = run_script("train.py", *TINY, "--weights", tmp_path / "none.h5", "--out", tmp_path)
+    assert_clean_error(result, "MobileNet weights not found")
+
+
+def test_weights_file_that_is_not_mobilenet(prepared_data, tmp_path):
+    wrong = tmp_path / "wrong.h5"
+    wrong.write_bytes(b"not an HDF5 file")
+    assert_clean_error(run_script("train.py", *TINY, "--weights", wrong, "--out", tmp_path), "cannot load MobileNet")
+
+
+def test_weights_option_needs_the_mobilenet_backbone(tmp_path):
+    result = run_script("train.py", "--weights", "imagenet", "--out", tmp_path)
+    assert result.returncode == 2 and "--weights needs --backbone mobilenet" in result.stderr
