@@ -81,7 +81,9 @@ def parse_args(argv=None):
                    help="tf.distribute strategy: one device, all local GPUs, or several machines "
                         "(TF_CONFIG) (default: %(default)s)")
     p.add_argument("--fresh", action="store_true", help="ignore an interrupted run's checkpoint and start over")
-    p.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation and plots at the end")
+    p.add_argument("--no-evaluate", action="store_true",
+                   help="skip the test-set evaluation and confusion matrix at the end (with --report-only: "
+                        "keep the figures in metrics.json, rewrite the other reports)")
     p.add_argument("--benchmark", type=int, default=0, metavar="STEPS",
                    help="do not train: time this many training steps (after 3 warm-up steps) with the "
                         "chosen --width, --batch-size and --mixed-precision, print images/s (default: off)")
@@ -464,7 +466,8 @@ def report_only(args):
     except (OSError, ValueError) as err:
         raise ex.UserError(f"--report-only needs the metrics.json and history.csv of a finished run in {args.out}: {err}")
     plot_learning_curves(history, metrics["kept_epoch"], artifact(args.out, args.model_name, "learning_curves.png"))
-    write_reports(model, metrics, ex.load_prepared(args.data_dir), args.out, args.model_name)
+    write_reports(model, metrics, ex.load_prepared(args.data_dir), args.out, args.model_name,
+                  evaluate=not args.no_evaluate)
     return 0
 
 
