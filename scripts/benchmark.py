@@ -96,11 +96,16 @@ def load_fer():
     nothing), so the classes come from their modules."""
     import cv2
     os.environ.setdefault("TQDM_DISABLE", "1")  # fer's per-frame progress bar
-    # fer calls cv2.waitKey(1) after every frame for its optional preview window; the
-    # headless OpenCV we use has no GUI and raises, so it becomes the no-op it is there.
+    # fer calls cv2.waitKey(1) after every frame, and cv2.destroyAllWindows() when done,
+    # for its optional preview window; the headless OpenCV we use has no GUI and raises,
+    # so they become the no-ops they are without a window.
     cv2.waitKey = lambda delay=0: -1
+    cv2.destroyAllWindows = lambda: None
     import logging
+    import warnings
     logging.getLogger("fer").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")  # still works in TF 2.21
+    warnings.filterwarnings("ignore", message=".*structure of `inputs` doesn't match.*")  # Keras 3 on fer's .hdf5
     from fer.classes import Video
     from fer.fer import FER
     import keras
