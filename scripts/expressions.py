@@ -336,7 +336,8 @@ def load_model(path: Path = MODEL_PATH):
     48x48x1 pixels to 7 probabilities."""
     path = Path(MODEL_ALIASES.get(str(path), path))
     if not path.exists():
-        raise UserError(f"model not found at {path}: train one with `python scripts/train.py`")
+        how = "python scripts/train.py" + (" --backbone mobilenet" if path.name.startswith("pre_trained") else "")
+        raise UserError(f"model not found at {path}: train one with `{how}`")
     import_tensorflow()  # unpickling needs Keras imported
     try:
         with open(path, "rb") as f:
