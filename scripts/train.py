@@ -550,11 +550,12 @@ def main(argv=None):
         for stale in ("history.csv", "wall_time.json", "best.weights.h5", "tensorboard"):
             shutil.rmtree(work_dir / stale) if (work_dir / stale).is_dir() else (work_dir / stale).unlink(missing_ok=True)
 
-    def compile_model(model, peak_lr, epochs, warmup_epochs):
-        """SGD with Nesterov momentum, linear warm-up to peak_lr, cosine decay to zero."""
+    def compile_model(model, peak_lr, epochs, warmup_epochs, constant=False):
+        """SGD with Nesterov momentum: linear warm-up to peak_lr, cosine decay to zero
+        (or peak_lr throughout, with constant=True)."""
         total = steps_per_epoch * epochs
         warmup = min(int(warmup_epochs * steps_per_epoch), total - 1)
-        schedule = keras.optimizers.schedules.CosineDecay(
+        schedule = peak_lr if constant else keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=peak_lr * 0.01, decay_steps=total - warmup, alpha=0.0,
             warmup_target=peak_lr, warmup_steps=warmup)
         optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
@@ -572,10 +573,7 @@ def main(argv=None):
             model = make_model(args)
             if frozen_epochs:
                 model.get_layer("backbone").trainable = False
-                model.compile(optimizer=keras.optimizers.SGD(args.lr, momentum=0.9, nesterov=True,
-                                                             weight_decay=args.weight_decay),
-                              loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
-                              metrics=["accuracy"])
+                compile_model(model, args.lr, frozen_epochs, 0, constant=True)
             elif args.backbone == "mobilenet":  # random initialisation: nothing to freeze
                 compile_model(model, args.finetune_lr, args.epochs, 1)
             else:
