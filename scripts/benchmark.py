@@ -12,7 +12,7 @@ modules its Haar path imports. When that environment is missing the script creat
 
 Measured, in this order:
   1. accuracy on the 7,178 FER2013 test images (and per split): ours single pass and with
-     predict.py's test-time augmentation; fer's default model (quantized TFLite) and its
+     predict.py's test-time augmentation (also our pre-trained model, if trained); fer's default model (quantized TFLite) and its
      Keras .hdf5 (same weights, float), each fed the 48x48 images resized to 64x64 and
      scaled to [-1, 1] exactly as fer's detect_emotions() does;
   2. accuracy on the labelled photos in ../shared/media/photos through each tool's whole
@@ -52,6 +52,9 @@ def parse_args(argv=None):
                    help="the separate environment with `fer` in it, created when missing (default: %(default)s)")
     p.add_argument("--model", default="own",
                    help="our model .pkl file, or own / pre_trained for the committed models (default: %(default)s)")
+    p.add_argument("--pre-trained", default="pre_trained",
+                   help="our optional pre-trained model (train.py --backbone mobilenet), measured beside ours for "
+                        "test accuracy and latency when the file exists; 'none' leaves it out (default: %(default)s)")
     p.add_argument("--media", type=Path, default=ex.SHARED_DIR / "media",
                    help="folder with the test videos (*.mp4) and photos/labels.csv (default: %(default)s)")
     p.add_argument("--out", type=Path, default=ex.RESULTS_DIR / "benchmarks",
@@ -122,13 +125,19 @@ def fer_preprocess(gray_faces):
 
 
 # ---------------------------------------------------------------- measurements
-def accuracy_on_test(model, detector, fer_keras):
+def our_models(model, pretrained):
+    """(name prefix, model) pairs: ours, and the pre-trained one when there is one."""
+    return [("ours", model)] + ([("ours pre-trained", pretrained)] if pretrained is not None else [])
+
+
+def accuracy_on_test(model, pretrained, detector, fer_keras):
     data = ex.load_prepared()
     x, y, usage = data["x_test"], data["y_test"].astype(int), data["usage_test"]
     results = {}
-    for name, (flip, shift) in [("ours, single pass", ex.TTA_MODES["none"]),
-                                (f"ours, {ex.DEFAULT_TTA} (predict.py)", ex.TTA_MODES[ex.DEFAULT_TTA])]:
-        results[name] = ex.predict_in_batches(model, x, flip, shift=shift).argmax(1)
+    for prefix, m in our_models(model, pretrained):
+        for name, (flip, shift) in [(f"{prefix}, single pass", ex.TTA_MODES["none"]),
+                                    (f"{prefix}, {ex.DEFAULT_TTA} (predict.py)", ex.TTA_MODES[ex.DEFAULT_TTA])]:
+            results[name] = ex.predict_in_batches(m, x, flip, shift=shift).argmax(1)
     faces = fer_preprocess(x[..., 0])
     results["fer, default (quantized TFLite)"] = np.asarray(detector._classify_emotions(faces)).argmax(1)
     results["fer, Keras .hdf5 (float)"] = np.concatenate(
@@ -179,11 +188,14 @@ def timed(fn, calls):
     return np.array(times)
 
 
-def latency(model, detector, fer_keras, calls):
+def latency(model, pretrained, detector, fer_keras, calls):
     """Milliseconds per face: batch of 1, and per face in a batch of 64."""
     faces = ex.load_prepared()["x_test"][:64]
     fer_faces = fer_preprocess(faces[..., 0])
     candidates = {f"ours, {mode}": ex.make_predictor(model, *ex.TTA_MODES[mode]) for mode in ex.TTA_MODES}
+    if pretrained is not None:
+        candidates.update({f"ours pre-trained, {mode}": ex.make_predictor(pretrained, *ex.TTA_MODES[mode])
+                           for mode in ("none", ex.DEFAULT_TTA)})
     out = {}
     for name, fn in list(candidates.items()) + [("fer, default (quantized TFLite)", "tflite"),
                                                 ("fer, Keras .hdf5 (float)", "keras")]:
@@ -285,7 +297,8 @@ def plot(results, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
-    colour = lambda name: "tab:blue" if name.startswith("ours") else "tab:orange"  # noqa: E731
+    colour = lambda name: ("tab:cyan" if name.startswith("ours pre-trained") else  # noqa: E731
+                           "tab:blue" if name.startswith("ours") else "tab:orange")
 
     acc = results["test_accuracy"]
     names = list(acc)
@@ -336,17 +349,19 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
 
     model = ex.load_model(args.model)
+    pre_trained_path = Path(ex.MODEL_ALIASES.get(args.pre_trained, args.pre_trained))
+    pretrained = ex.load_model(pre_trained_path) if args.pre_trained != "none" and pre_trained_path.exists() else None
     detector, fer_keras, Video = load_fer()
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "command": "python scripts/benchmark.py " + " ".join(sys.argv[1:]),
                "fer_version": sys.modules["fer"].__version__,
                "machine": {"cpu": ex.cpu_name(), "cores": os.cpu_count()}}
     print("1/5 accuracy on the 7,178 test images", flush=True)
-    results["test_accuracy"] = accuracy_on_test(model, detector, fer_keras)
+    results["test_accuracy"] = accuracy_on_test(model, pretrained, detector, fer_keras)
     print(f"2/5 accuracy on the labelled photos in {photo_dir}", flush=True)
     results["photos"] = accuracy_on_photos(model, detector, photo_dir)
     print("3/5 per-face classification latency", flush=True)
-    results["latency_ms"] = latency(model, detector, fer_keras, args.latency_calls)
+    results["latency_ms"] = latency(model, pretrained, detector, fer_keras, args.latency_calls)
     print(f"4/5 end-to-end FPS on {len(videos)} videos, best of {args.repeats} runs each", flush=True)
     results["video_fps"] = video_speed(detector, Video, args.media, args.repeats)
     print("5/5 training throughput of our model", flush=True)

@@ -12,5 +12,5 @@ def test_benchmark_without_media_says_where_it_looked(tmp_path):
 def test_benchmark_help_explains_every_option():
     result = run_script("benchmark.py", "--help")
     assert result.returncode == 0
-    for option in ("--env", "--model", "--media", "--out", "--repeats", "--latency-calls", "--train-steps"):
+    for option in ("--env", "--model", "--pre-trained", "--media", "--out", "--repeats", "--latency-calls", "--train-steps"):
         assert option in result.stdout

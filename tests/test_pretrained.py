@@ -1,5 +1,6 @@
 """The optional pre-trained model: ImageNet MobileNet weights from ../shared, fine-tuned by train.py."""
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -67,3 +68,16 @@ def test_weights_file_that_is_not_mobilenet(prepared_data, tmp_path):
 def test_weights_option_needs_the_mobilenet_backbone(tmp_path):
     result = run_script("train.py", "--weights", "imagenet", "--out", tmp_path)
     assert result.returncode == 2 and "--weights needs --backbone mobilenet" in result.stderr
+
+
+@needs_shared
+def test_committed_pretrained_model_prints_its_test_accuracy(prepared_data):
+    result = run_script("predict.py", "--model", "pre_trained")
+    assert result.returncode == 0, result.stderr[-2000:]
+    first = result.stdout.splitlines()[0]
+    match = re.fullmatch(r"Accuracy on test set: (\d+)%", first)
+    assert match, first
+    assert int(match.group(1)) >= 50  # far above the 25 % of always answering Happy
+    # The committed metrics were measured with the committed model.
+    metrics = json.loads((ex.MODEL_DIR / "pre_trained_model_metrics.json").read_text())
+    assert int(metrics[f"test_tta_{ex.DEFAULT_TTA}"]["accuracy"] * 100) == int(match.group(1))

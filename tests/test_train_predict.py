@@ -19,7 +19,7 @@ TINY = ["--subset", "384", "--batch-size", "64", "--width", "8", "--erase-prob",
 
 @needs_shared
 def test_smoke_training_writes_a_loadable_model_and_learns(prepared_data, tmp_path):
-    result = run_script("train.py", *TINY, "--epochs", "3", "--out", tmp_path)
+    result = run_script("train.py", *TINY, "--epochs", "3", "--swa-epochs", "1", "--out", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     model = ex.load_model(tmp_path / "my_own_model.pkl")
     assert model.output_shape == (None, 7)
@@ -28,6 +28,10 @@ def test_smoke_training_writes_a_loadable_model_and_learns(prepared_data, tmp_pa
     assert history.loss.iloc[-1] < history.loss.iloc[0]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test_tta_flip+shift"]["n"] == 7178 and "accuracy_PrivateTest" in metrics["test_tta_none"]
+    # The last epoch's weights were averaged (on their own) and measured on validation.
+    swa = metrics["swa"]
+    assert swa["first_epoch"] == swa["last_epoch"] == 3 and swa["count"] == 1
+    assert 0 <= swa["val_accuracy"] <= 1 and swa["kept"] == (swa["val_accuracy"] > swa["best_epoch_val_accuracy"])
     for artifact in ("learning_curves.png", "confusion_matrix.png"):
         assert (tmp_path / artifact).stat().st_size > 10_000
     assert not (tmp_path / "my_own_model_run").exists()  # checkpoints are dropped once the run is complete
@@ -35,7 +39,8 @@ def test_smoke_training_writes_a_loadable_model_and_learns(prepared_data, tmp_pa
 
 @needs_shared
 def test_killed_run_resumes_where_it_stopped(prepared_data, tmp_path):
-    cmd = [sys.executable, str(SCRIPTS / "train.py"), *TINY, "--epochs", "4", "--out", str(tmp_path), "--no-evaluate"]
+    cmd = [sys.executable, str(SCRIPTS / "train.py"), *TINY, "--epochs", "4", "--swa-epochs", "2", "--out", str(tmp_path),
+           "--no-evaluate"]
     done_file = tmp_path / "my_own_model_run" / "epochs_done.txt"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -54,6 +59,22 @@ def test_killed_run_resumes_where_it_stopped(prepared_data, tmp_path):
     epochs_run_again = re.findall(r"^epoch +(\d+)", result.stdout, re.M)
     assert int(epochs_run_again[0]) == done + 1  # continues after the last finished epoch
     assert list(pd.read_csv(tmp_path / "history.csv").epoch) == [0, 1, 2, 3]
+    swa = json.loads((tmp_path / "metrics.json").read_text())["swa"]
+    assert (swa["first_epoch"], swa["last_epoch"], swa["count"]) == (3, 4, 2)  # each averaged epoch once
+
+
+def test_recompute_batch_norm_takes_the_plain_mean_of_the_batches():
+    import keras
+    import numpy as np
+    import train
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(inputs))
+    data = np.random.default_rng(0).normal(5, 2, (1000, 3)).astype("float32")
+    train.recompute_batch_norm(model, [data[i:i + 100] for i in range(0, 1000, 100)])
+    bn = model.layers[1]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), data.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), data.var(0), rtol=0.02)
+    assert bn.momentum == 0.99  # restored for the saved model
 
 
 def test_train_without_prepared_data(tmp_path):
