@@ -349,7 +349,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
 
     model = ex.load_model(args.model)
-    pre_trained_path = Path(ex.MODEL_ALIASES.get(args.pre_trained, args.pre_trained))
+    pre_trained_path = ex.model_path(args.pre_trained)
     pretrained = ex.load_model(pre_trained_path) if args.pre_trained != "none" and pre_trained_path.exists() else None
     detector, fer_keras, Video = load_fer()
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

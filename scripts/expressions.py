@@ -331,10 +331,15 @@ def save_model(model, path: Path):
     os.replace(tmp, path)
 
 
+def model_path(name) -> Path:
+    """A model file: 'own' / 'pre_trained' name the committed models, anything else is a path."""
+    return Path(MODEL_ALIASES.get(str(name), name))
+
+
 def load_model(path: Path = MODEL_PATH):
     """Load a pickled Keras model (a path, or 'own' / 'pre_trained') and check it maps
     48x48x1 pixels to 7 probabilities."""
-    path = Path(MODEL_ALIASES.get(str(path), path))
+    path = model_path(path)
     if not path.exists():
         how = "python scripts/train.py" + (" --backbone mobilenet" if path.name.startswith("pre_trained") else "")
         raise UserError(f"model not found at {path}: train one with `{how}`")
