@@ -38,6 +38,24 @@ def test_smoke_training_writes_a_loadable_model_and_learns(prepared_data, tmp_pa
 
 
 @needs_shared
+def test_batch_norm_pass_on_a_finished_model(prepared_data, tmp_path):
+    result = run_script("train.py", *TINY, "--epochs", "2", "--no-batch-norm-pass", "--no-evaluate", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["batch_norm_pass"] is None
+    trained = (tmp_path / "my_own_model.pkl").read_bytes()
+    result = run_script("train.py", *TINY, "--batch-norm-pass-only", "--no-evaluate", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    bn = metrics["batch_norm_pass"]
+    assert bn["kept"] == (bn["val_accuracy_recomputed"] > bn["val_accuracy_moving_averages"])
+    # (the run's own validation figure and the pass's re-measurement may differ by a near-tie: one image of 96)
+    assert metrics["val_accuracy"] == pytest.approx(max(bn["val_accuracy_recomputed"], bn["val_accuracy_moving_averages"]), abs=0.011)
+    assert ((tmp_path / "my_own_model.pkl").read_bytes() != trained) == bn["kept"]
+    assert "batch-norm pass" in (tmp_path / "my_own_model_architecture.txt").read_text()
+    assert_clean_error(run_script("train.py", "--batch-norm-pass-only", "--out", tmp_path), "already")
+
+
+@needs_shared
 def test_killed_run_resumes_where_it_stopped(prepared_data, tmp_path):
     cmd = [sys.executable, str(SCRIPTS / "train.py"), *TINY, "--epochs", "4", "--swa-epochs", "2", "--out", str(tmp_path),
            "--no-evaluate"]
