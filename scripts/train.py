@@ -644,7 +644,8 @@ def write_architecture(model, metrics, path, notes=ARCHITECTURE_NOTES):
                f"kept: the average of the weights after epochs {swa['first_epoch']}-{swa['last_epoch']} "
                f"(validation accuracy {swa['val_accuracy']:.2%}; best single epoch "
                f"{swa['best_epoch_val_accuracy']:.2%})" if swa and swa["kept"] else
-               f"kept epoch: {metrics['kept_epoch']} (best validation accuracy {metrics['val_accuracy']:.2%})"
+               f"kept epoch: {metrics['kept_epoch']} (best validation accuracy "
+               f"{(metrics.get('batch_norm_pass') or {}).get('val_accuracy_moving_averages', metrics['val_accuracy']):.2%})"
                + (f"; the weight average of epochs {swa['first_epoch']}-{swa['last_epoch']} reached "
                   f"{swa['val_accuracy']:.2%}" if swa else "")),
            f"training wall time: {metrics['train_wall_minutes']:.1f} min on {metrics['machine']['cores']} CPU cores"]

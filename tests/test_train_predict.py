@@ -140,6 +140,5 @@ def test_committed_model_accuracy_on_the_7178_test_images(prepared_data):
     assert int(metrics[f"test_tta_{ex.DEFAULT_TTA}"]["accuracy"] * 100) == int(match.group(1))
 
 
-# The goal is 70 %; the committed model measures 69.8 % (see the README). This
-# guards against regressions below what was measured, not the goal.
-MIN_TEST_ACCURACY = 69
+# The brief asks for more than 70 %; the committed model measures 70.4 % (see the README).
+MIN_TEST_ACCURACY = 70
