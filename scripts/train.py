@@ -624,7 +624,7 @@ def batch_norm_pass_only(args):
     data = load_data(args)  # the same --subset as the run, if it had one
     model, metrics["batch_norm_pass"] = batch_norm_pass(model, data, args.batch_size)
     metrics["val_accuracy"] = max(metrics["val_accuracy"], metrics["batch_norm_pass"]["val_accuracy_recomputed"])
-    metrics["command"] += " (then: python scripts/train.py --batch-norm-pass-only)"
+    metrics["command"] += f" (then: {' '.join(['python scripts/train.py', *sys.argv[1:]])})"
     if metrics["batch_norm_pass"]["kept"]:
         ex.save_model(model, model_path)
         print(f"saved {model_path}", flush=True)
