@@ -368,6 +368,12 @@ def make_callbacks(work_dir: Path, time_budget_min, swa_start=None):
             KeepBest(), WeightAverage(), EpochLine(), Checkpoint()]
 
 
+def plain_training_batches(data, batch_size):
+    """The un-augmented training images, batched: what batch-norm statistics are recomputed from."""
+    import tensorflow as tf
+    return tf.data.Dataset.from_tensor_slices(data["x_train"].astype("float32")).batch(batch_size)
+
+
 def recompute_batch_norm(model, batches):
     """Averaged weights need batch-norm statistics of their own: reset them and take
     the plain mean over one pass of training batches (momentum k/(k+1) turns the
@@ -400,13 +406,11 @@ def batch_norm_pass(model, data, batch_size):
     points of validation accuracy on the 50-epoch model, -0.14 on a 25-epoch one; so it
     is kept only if validation accuracy improves. Returns the model to keep and a record for metrics.json."""
     import keras
-    import tensorflow as tf
     before = val_accuracy(model, data)
     candidate = keras.models.clone_model(model)
     candidate.set_weights(model.get_weights())
     print("batch-norm pass: recomputing the statistics on the un-augmented training images", flush=True)
-    recompute_batch_norm(candidate, tf.data.Dataset.from_tensor_slices(
-        data["x_train"].astype("float32")).batch(batch_size))
+    recompute_batch_norm(candidate, plain_training_batches(data, batch_size))
     after = val_accuracy(candidate, data)
     record = {"val_accuracy_moving_averages": before, "val_accuracy_recomputed": after, "kept": after > before}
     print(f"batch-norm pass: validation accuracy {before:.4f} with the training run's moving averages, "
@@ -623,10 +627,9 @@ def batch_norm_pass_only(args):
         raise ex.UserError(f"{model_path} has had its batch-norm pass already")
     data = load_data(args)  # the same --subset as the run, if it had one
     model, metrics["batch_norm_pass"] = batch_norm_pass(model, data, args.batch_size)
-    if metrics["batch_norm_pass"]["kept"]:
-        metrics["val_accuracy"] = metrics["batch_norm_pass"]["val_accuracy_recomputed"]
     metrics["command"] += f" (then: {' '.join(['python scripts/train.py', *sys.argv[1:]])})"
     if metrics["batch_norm_pass"]["kept"]:
+        metrics["val_accuracy"] = metrics["batch_norm_pass"]["val_accuracy_recomputed"]
         ex.save_model(model, model_path)
         print(f"saved {model_path}", flush=True)
     metrics_path.write_text(json.dumps(metrics, indent=1))
@@ -789,8 +792,7 @@ def main(argv=None):
         averaged = make_model(args, pretrained=False)
         averaged.set_weights([saved[f"w{i}"] for i in range(len(averaged.weights))])
         print(f"recomputing batch-norm statistics for the average of {int(saved['count'])} epochs", flush=True)
-        recompute_batch_norm(averaged, tf.data.Dataset.from_tensor_slices(
-            data["x_train"].astype("float32")).batch(args.batch_size))
+        recompute_batch_norm(averaged, plain_training_batches(data, args.batch_size))
         swa = {"first_epoch": int(saved["first_epoch"]) + 1, "last_epoch": int(saved["last_epoch"]) + 1,
                "count": int(saved["count"]), "lr": args.swa_lr,
                "val_accuracy": val_accuracy(averaged, data), "best_epoch_val_accuracy": best_epoch_val}
