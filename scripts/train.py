@@ -66,6 +66,10 @@ def parse_args(argv=None):
                         "recomputes the batch-norm statistics (kept only if validation accuracy improves); "
                         "this skips it")
     p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability (default: %(default)s)")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mixup: each augmented training image is blended with another image of its batch, and "
+                        "their labels alike, with a weight drawn from Beta(ALPHA, ALPHA); 0 turns it off "
+                        "(default: %(default)s)")
     p.add_argument("--backbone", choices=["vgg", "mobilenet"], default="vgg",
                    help="vgg: our CNN, trained from scratch; mobilenet: the optional pre-trained model, an "
                         "ImageNet MobileNet (alpha 0.25) fine-tuned on upscaled faces (default: %(default)s)")
@@ -114,6 +118,8 @@ def parse_args(argv=None):
         args.epochs = 50 if args.backbone == "vgg" else 10
     if args.epochs < 1 or args.batch_size < 1:
         p.error("--epochs and --batch-size must be positive")
+    if args.mixup < 0:
+        p.error("--mixup must be 0 (off) or positive")
     if args.batch_norm_pass_only and (args.backbone == "mobilenet" or args.no_batch_norm_pass):
         p.error("--batch-norm-pass-only is for our own CNN, without --no-batch-norm-pass")
     if args.swa_epochs and args.backbone == "mobilenet":
@@ -265,7 +271,24 @@ def make_augment(erase_prob, max_rotation_deg=10.0, max_shift=0.1, zoom=0.1):
     return augment
 
 
-def make_datasets(data, batch_size, erase_prob, seed):
+def make_mixup(alpha):
+    """Mixup (Zhang et al. 2018): blend each image and its one-hot label with a random
+    partner from the same batch, weight lam ~ Beta(alpha, alpha) per image."""
+    import tensorflow as tf
+
+    def mix(x, y):
+        n = tf.shape(x)[0]
+        a, b = tf.random.gamma([n], alpha), tf.random.gamma([n], alpha)
+        lam = a / (a + b)  # Beta(alpha, alpha) from two gammas
+        partner = tf.random.shuffle(tf.range(n))
+        x = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * tf.gather(x, partner)
+        y = lam[:, None] * y + (1 - lam[:, None]) * tf.gather(y, partner)
+        return x, y
+
+    return mix
+
+
+def make_datasets(data, batch_size, erase_prob, seed, mixup=0.0):
     import tensorflow as tf
     n_classes = len(ex.EMOTIONS)
 
@@ -277,6 +300,8 @@ def make_datasets(data, batch_size, erase_prob, seed):
         ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(tf.cast(b, tf.int32), n_classes)))
         if train:
             ds = ds.map(make_augment(erase_prob), num_parallel_calls=tf.data.AUTOTUNE)
+            if mixup:
+                ds = ds.map(make_mixup(mixup), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     return (to_ds(data["x_train"], data["y_train"], True),
@@ -695,7 +720,7 @@ def main(argv=None):
     use_bf16 = args.mixed_precision == "on" or (args.mixed_precision == "auto" and cpu_has_bf16())
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if use_bf16 else "float32")
     strategy = get_strategy(args.strategy)
-    train_ds, val_ds = make_datasets(data, args.batch_size, args.erase_prob, args.seed)
+    train_ds, val_ds = make_datasets(data, args.batch_size, args.erase_prob, args.seed, args.mixup)
     steps_per_epoch = len(data["x_train"]) // args.batch_size
     if steps_per_epoch < 1:
         raise ex.UserError(f"{len(data['x_train'])} training images is fewer than one batch of {args.batch_size}")

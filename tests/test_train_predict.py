@@ -96,6 +96,19 @@ def test_recompute_batch_norm_takes_the_plain_mean_of_the_batches():
     assert bn.momentum == 0.99  # restored for the saved model
 
 
+def test_mixup_blends_images_and_labels_alike():
+    import numpy as np
+    import train
+    # Image k is flat grey 30 * k with label k: a blend's pixels must equal its label's mean grey.
+    x = np.repeat(30.0 * np.arange(7), 48 * 48).reshape(7, 48, 48, 1).astype("float32")
+    y = np.eye(7, dtype="float32")
+    mixed_x, mixed_y = (t.numpy() for t in train.make_mixup(0.4)(x, y))
+    np.testing.assert_allclose(mixed_y.sum(1), 1, rtol=1e-5)
+    assert (mixed_y >= 0).all() and (mixed_y.max(1) < 0.999).any()  # some images were blended
+    np.testing.assert_allclose(mixed_x[:, 20, 20, 0], mixed_y @ (30.0 * np.arange(7)), rtol=1e-4)
+    assert np.ptp(mixed_x, axis=(1, 2, 3)).max() < 1e-3  # each blend of flat images is flat
+
+
 def test_train_without_prepared_data(tmp_path):
     assert_clean_error(run_script("train.py", "--data-dir", tmp_path, "--out", tmp_path / "m"), "preprocess.py")
 
