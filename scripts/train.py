@@ -68,8 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability (default: %(default)s)")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mixup: each augmented training image is blended with another image of its batch, and "
-                        "their labels alike, with a weight drawn from Beta(ALPHA, ALPHA); 0 turns it off "
-                        "(default: %(default)s)")
+                        "their labels alike, with a weight drawn from Beta(ALPHA, ALPHA); 0 turns it off. Off by "
+                        "default: measured with w = 24 and ALPHA 0.2, validation +0.1 points, test -1.2 (see "
+                        "iterations.md) (default: %(default)s)")
     p.add_argument("--backbone", choices=["vgg", "mobilenet"], default="vgg",
                    help="vgg: our CNN, trained from scratch; mobilenet: the optional pre-trained model, an "
                         "ImageNet MobileNet (alpha 0.25) fine-tuned on upscaled faces (default: %(default)s)")
