@@ -120,10 +120,14 @@ def test_train_into_unwritable_folder(tmp_path):
 
 
 def test_predict_with_missing_or_corrupt_model(tmp_path):
-    assert_clean_error(run_script("predict.py", "--model", tmp_path / "none.pkl"), "model not found")
+    # A one-row test file of its own: the test must not depend on data/ prepared by another test.
+    test_csv = tmp_path / "test.csv"
+    test_csv.write_text("emotion,pixels,Usage\n3," + " ".join(["128"] * 48 * 48) + ",PublicTest\n")
+    assert_clean_error(run_script("predict.py", "--model", tmp_path / "none.pkl", "--test-csv", test_csv),
+                       "model not found")
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(b"not a pickle")
-    assert_clean_error(run_script("predict.py", "--model", bad), "cannot load model")
+    assert_clean_error(run_script("predict.py", "--model", bad, "--test-csv", test_csv), "cannot load model")
 
 
 def test_model_of_the_wrong_shape_is_refused(tmp_path):
