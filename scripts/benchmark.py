@@ -21,13 +21,13 @@ Measured, in this order:
      and 10th-90th percentile over repeated calls;
   4. end-to-end frames per second on each video in ../shared/media (decode + detect +
      classify every frame): our predict_live_stream.py against fer's Video.analyze();
-  5. training throughput of our model in float32 and in mixed bfloat16 (train.py --benchmark).
+  5. training throughput of our model in float32 and in mixed bfloat16 (the real model and
+     input pipeline, as train.py --benchmark measures it).
 Writes results/benchmarks/benchmarks.json, benchmarks.md and benchmarks.png.
 """
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -37,7 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-import expressions as ex
+from expressions import RESULTS_DIR, ROOT, SHARED_DIR, EMOTIONS, UserError, machine, run_cli
+from expressions import data as fer2013
+from expressions import model as nets
+from expressions.faces import EmotionReader, read_image
+from expressions.outputs import check_folder, save_figure, write_json, write_text
 
 FER_VERSION = "25.10.3"
 # What fer's Haar-cascade path imports beyond our requirements. setuptools < 81 still has
@@ -48,16 +52,15 @@ SCRIPTS = Path(__file__).resolve().parent
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", type=Path, default=ex.ROOT / ".venv-bench",
+    p.add_argument("--env", type=Path, default=ROOT / ".venv-bench",
                    help="the separate environment with `fer` in it, created when missing (default: %(default)s)")
-    p.add_argument("--model", default="own",
-                   help="our model .pkl file, or own / pre_trained for the committed models (default: %(default)s)")
+    nets.add_model_option(p)
     p.add_argument("--pre-trained", default="pre_trained",
                    help="our optional pre-trained model (train.py --backbone mobilenet), measured beside ours for "
                         "test accuracy and latency when the file exists; 'none' leaves it out (default: %(default)s)")
-    p.add_argument("--media", type=Path, default=ex.SHARED_DIR / "media",
+    p.add_argument("--media", type=Path, default=SHARED_DIR / "media",
                    help="folder with the test videos (*.mp4) and photos/labels.csv (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=ex.RESULTS_DIR / "benchmarks",
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "benchmarks",
                    help="folder for benchmarks.json, .md and .png (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=2,
                    help="runs of each video per tool; the fastest counts (default: %(default)s)")
@@ -78,17 +81,17 @@ def enter_fer_environment(env_dir: Path):
     except ImportError:
         pass
     if os.environ.get("FER_BENCHMARK_ENV"):
-        raise ex.UserError(f"`fer` does not import in {env_dir}: delete that folder and run again to rebuild it")
+        raise UserError(f"`fer` does not import in {env_dir}: delete that folder and run again to rebuild it")
     python = env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     if not python.exists():
         print(f"creating {env_dir}: our requirements + fer {FER_VERSION} without its PyTorch/MTCNN "
               "dependencies (one time, a minute or two) ...", flush=True)
         for command in ([sys.executable, "-m", "venv", str(env_dir)],
-                        [str(python), "-m", "pip", "install", "-q", "-r", str(ex.ROOT / "requirements.txt"),
+                        [str(python), "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements.txt"),
                          *FER_EXTRA_PACKAGES],
                         [str(python), "-m", "pip", "install", "-q", "--no-deps", f"fer=={FER_VERSION}"]):
             if subprocess.run(command).returncode:
-                raise ex.UserError(f"could not build {env_dir} (`{' '.join(command[:4])} ...` failed, see above)")
+                raise UserError(f"could not build {env_dir} (`{' '.join(command[:4])} ...` failed, see above)")
     os.environ["FER_BENCHMARK_ENV"] = "1"
     os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
 
@@ -131,20 +134,20 @@ def our_models(model, pretrained):
 
 
 def accuracy_on_test(model, pretrained, detector, fer_keras):
-    data = ex.load_prepared()
+    data = fer2013.load_prepared()
     x, y, usage = data["x_test"], data["y_test"].astype(int), data["usage_test"]
     results = {}
     for prefix, m in our_models(model, pretrained):
-        for name, (flip, shift) in [(f"{prefix}, single pass", ex.TTA_MODES["none"]),
-                                    (f"{prefix}, {ex.DEFAULT_TTA} (predict.py)", ex.TTA_MODES[ex.DEFAULT_TTA])]:
-            results[name] = ex.predict_in_batches(m, x, flip, shift=shift).argmax(1)
+        for name, tta in [(f"{prefix}, single pass", "none"), (f"{prefix}, {nets.DEFAULT_TTA} (predict.py)",
+                                                                 nets.DEFAULT_TTA)]:
+            results[name] = nets.predict_in_batches(m, x, tta).argmax(1)
     faces = fer_preprocess(x[..., 0])
     results["fer, default (quantized TFLite)"] = np.asarray(detector._classify_emotions(faces)).argmax(1)
     results["fer, Keras .hdf5 (float)"] = np.concatenate(
         [fer_keras(faces[i:i + 256, ..., None], training=False).numpy() for i in range(0, len(faces), 256)]).argmax(1)
     out = {}
     for name, pred in results.items():
-        r = ex.classification_report(y, pred, usage)
+        r = nets.classification_report(y, pred, usage)
         out[name] = {"accuracy": r["accuracy"], "PublicTest": r["accuracy_PublicTest"],
                      "PrivateTest": r["accuracy_PrivateTest"], "macro_f1": r["macro_f1"], "n": r["n"]}
         print(f"  {name:<36} {r['accuracy']:.2%} (PublicTest {r['accuracy_PublicTest']:.2%}, "
@@ -155,14 +158,14 @@ def accuracy_on_test(model, pretrained, detector, fer_keras):
 def accuracy_on_photos(model, detector, photo_dir: Path):
     import pandas as pd
     labels = pd.read_csv(photo_dir / "labels.csv")
-    reader = ex.EmotionReader(model, *ex.TTA_MODES[ex.DEFAULT_TTA], detect_width=1000)  # as predict.py PHOTO
-    fer_names = [e.lower() for e in ex.EMOTIONS]
+    reader = EmotionReader(model, nets.DEFAULT_TTA, detect_width=1000)  # as predict.py PHOTO
+    fer_names = [e.lower() for e in EMOTIONS]
     rows, correct = [], {"ours": 0, "fer": 0}
     no_face = {"ours": 0, "fer": 0}
     for file, truth in zip(labels["file"], labels["emotion"]):
-        image = ex.read_image(photo_dir / file)
+        image = read_image(photo_dir / file)
         boxes, _, proba = reader(image, still=True)
-        ours = ex.EMOTIONS[int(proba[0].argmax())].lower() if boxes else None
+        ours = EMOTIONS[int(proba[0].argmax())].lower() if boxes else None
         faces = detector.detect_emotions(image)
         theirs = None
         if faces:
@@ -190,12 +193,12 @@ def timed(fn, calls):
 
 def latency(model, pretrained, detector, fer_keras, calls):
     """Milliseconds per face: batch of 1, and per face in a batch of 64."""
-    faces = ex.load_prepared()["x_test"][:64]
+    faces = fer2013.load_prepared()["x_test"][:64]
     fer_faces = fer_preprocess(faces[..., 0])
-    candidates = {f"ours, {mode}": ex.make_predictor(model, *ex.TTA_MODES[mode]) for mode in ex.TTA_MODES}
+    candidates = {f"ours, {mode}": nets.make_predictor(model, mode) for mode in nets.TTA_MODES}
     if pretrained is not None:
-        candidates.update({f"ours pre-trained, {mode}": ex.make_predictor(pretrained, *ex.TTA_MODES[mode])
-                           for mode in ("none", ex.DEFAULT_TTA)})
+        candidates.update({f"ours pre-trained, {mode}": nets.make_predictor(pretrained, mode)
+                           for mode in ("none", nets.DEFAULT_TTA)})
     out = {}
     for name, fn in list(candidates.items()) + [("fer, default (quantized TFLite)", "tflite"),
                                                 ("fer, Keras .hdf5 (float)", "keras")]:
@@ -217,13 +220,15 @@ def latency(model, pretrained, detector, fer_keras, calls):
 
 def our_video_fps(video: Path):
     """Frames and FPS of predict_live_stream.py on a video, as a user runs it (its own
-    figure, which leaves out the TensorFlow start-up)."""
-    result = subprocess.run([sys.executable, str(SCRIPTS / "predict_live_stream.py"), "--source", str(video)],
-                            capture_output=True, text=True)
-    found = re.search(r"(\d+) frames .* ([\d.]+) FPS", result.stderr)
-    if result.returncode or not found:
-        raise ex.UserError(f"predict_live_stream.py failed on {video}: {result.stderr.strip()[-300:]}")
-    return int(found.group(1)), float(found.group(2))
+    figure, which leaves out the TensorFlow start-up), read from its --json file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = Path(tmp) / "run.json"
+        result = subprocess.run([sys.executable, str(SCRIPTS / "predict_live_stream.py"), "--source", str(video),
+                                 "--json", str(figures)], capture_output=True, text=True)
+        if result.returncode or not figures.exists():
+            raise UserError(f"predict_live_stream.py failed on {video}: {result.stderr.strip()[-300:]}")
+        run = json.loads(figures.read_text())
+    return run["frames"], run["fps"]
 
 
 def fer_video_fps(Video, detector, video: Path, frames: int):
@@ -251,20 +256,20 @@ def video_speed(detector, Video, media: Path, repeats):
 
 
 def training_throughput(steps):
+    """train.py's default network and input pipeline, batch 128, in each precision."""
+    import keras
+    from expressions import training
+    train_ds, _ = training.make_datasets(fer2013.load_prepared(), 128, 0.25, seed=1)
     out = {}
-    for precision, flag in (("float32", "off"), ("mixed_bfloat16", "on")):
-        result = subprocess.run([sys.executable, str(SCRIPTS / "train.py"), "--benchmark", str(steps),
-                                 "--mixed-precision", flag], capture_output=True, text=True)
-        found = re.search(r"([\d.]+) training images/s", result.stdout)
-        if result.returncode or not found:
-            raise ex.UserError(f"train.py --benchmark failed: {result.stderr.strip()[-300:]}")
-        out[precision] = float(found.group(1))
+    for precision in ("float32", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(precision)
+        out[precision] = training.training_throughput(nets.build_cnn(), train_ds, steps)
         print(f"  {precision}: {out[precision]:.0f} images/s", flush=True)
+    keras.mixed_precision.set_global_policy("float32")
     out["bf16_over_float32"] = out["mixed_bfloat16"] / out["float32"]
     return out
 
 
-# ---------------------------------------------------------------- reports
 def write_markdown(results, path: Path):
     acc, ph, lat, vid, tr = (results[k] for k in ("test_accuracy", "photos", "latency_ms", "video_fps", "training"))
     lines = [f"Measured {results['date']} on {results['machine']['cpu']} ({results['machine']['cores']} cores), "
@@ -272,7 +277,7 @@ def write_markdown(results, path: Path):
              "| test accuracy (7,178 images) | all | PublicTest | PrivateTest | macro-F1 |", "|---|---|---|---|---|"]
     lines += [f"| {name} | {r['accuracy']:.2%} | {r['PublicTest']:.2%} | {r['PrivateTest']:.2%} | {r['macro_f1']:.3f} |"
               for name, r in acc.items()]
-    lines += ["", f"Ours ({ex.DEFAULT_TTA}) minus fer (default): "
+    lines += ["", f"Ours ({nets.DEFAULT_TTA}) minus fer (default): "
               f"**{results['ratios']['accuracy_points_over_fer']:+.2f} points**.", "",
               f"| labelled photos ({ph['n']}), whole pipeline | correct | no face found |", "|---|---|---|",
               f"| ours | {ph['correct']['ours']}/{ph['n']} | {ph['no_face']['ours']} |",
@@ -289,7 +294,7 @@ def write_markdown(results, path: Path):
     lines += ["", "| our training throughput | images/s |", "|---|---|",
               f"| float32 | {tr['float32']:.0f} |", f"| mixed bfloat16 | {tr['mixed_bfloat16']:.0f} "
               f"({tr['bf16_over_float32']:.2f}x float32) |", ""]
-    path.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))
 
 
 def plot(results, path: Path):
@@ -332,8 +337,7 @@ def plot(results, path: Path):
     fig.suptitle(f"ours vs fer {results['fer_version']}, measured in one run on {results['machine']['cpu']}",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 # ---------------------------------------------------------------- main
@@ -342,20 +346,20 @@ def main(argv=None):
     photo_dir = args.media / "photos"
     videos = sorted(args.media.glob("*.mp4"))
     if not (photo_dir / "labels.csv").exists() or not videos:
-        raise ex.UserError(f"test media not found in {args.media} (videos *.mp4 and photos/labels.csv); "
-                           "pass --media")
-    ex.load_prepared()  # fail early: say to run preprocess.py
+        raise UserError(f"test media not found in {args.media} (videos *.mp4 and photos/labels.csv); "
+                        "pass --media")
+    fer2013.load_prepared()  # fail early: say to run preprocess.py
+    check_folder(args.out)
     enter_fer_environment(args.env)
-    args.out.mkdir(parents=True, exist_ok=True)
 
-    model = ex.load_model(args.model)
-    pre_trained_path = ex.model_path(args.pre_trained)
-    pretrained = ex.load_model(pre_trained_path) if args.pre_trained != "none" and pre_trained_path.exists() else None
+    model = nets.load_model(args.model)
+    pre_trained_path = nets.model_path(args.pre_trained)
+    pretrained = nets.load_model(pre_trained_path) if args.pre_trained != "none" and pre_trained_path.exists() else None
     detector, fer_keras, Video = load_fer()
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "command": "python scripts/benchmark.py " + " ".join(sys.argv[1:]),
                "fer_version": sys.modules["fer"].__version__,
-               "machine": {"cpu": ex.cpu_name(), "cores": os.cpu_count()}}
+               "machine": machine()}
     print("1/5 accuracy on the 7,178 test images", flush=True)
     results["test_accuracy"] = accuracy_on_test(model, pretrained, detector, fer_keras)
     print(f"2/5 accuracy on the labelled photos in {photo_dir}", flush=True)
@@ -368,14 +372,14 @@ def main(argv=None):
     results["training"] = training_throughput(args.train_steps)
 
     acc, lat, vid = results["test_accuracy"], results["latency_ms"], results["video_fps"]
-    ours = f"ours, {ex.DEFAULT_TTA} (predict.py)"
+    ours = f"ours, {nets.DEFAULT_TTA} (predict.py)"
     results["ratios"] = {
         "accuracy_points_over_fer": (acc[ours]["accuracy"] - acc["fer, default (quantized TFLite)"]["accuracy"]) * 100,
         "fps_ours_over_fer": {name: r["ratio"] for name, r in vid.items()},
         "fps_ours_over_fer_min": min(r["ratio"] for r in vid.values()),
         "latency_fer_over_ours_batch1_single_pass":
             lat["fer, default (quantized TFLite)"]["batch1"]["median"] / lat["ours, none"]["batch1"]["median"]}
-    (args.out / "benchmarks.json").write_text(json.dumps(results, indent=1))
+    write_json(args.out / "benchmarks.json", results)
     write_markdown(results, args.out / "benchmarks.md")
     plot(results, args.out / "benchmarks.png")
     print(f"wrote {args.out / 'benchmarks.json'}, benchmarks.md and benchmarks.png")
@@ -383,4 +387,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    ex.run_cli(lambda: main(sys.argv[1:]))
+    run_cli(lambda: main(sys.argv[1:]))

@@ -3,8 +3,8 @@
 A targeted iterative gradient attack (projected gradient descent toward --target) on the
 exact model input, 48x48 grey pixels 0..255. The change stays within an L-infinity bound
 of epsilon grey levels; epsilon is tried as 1, 2, 3, ... and the smallest one that still
-flips the saved, rounded 8-bit image wins. The attack goes through the same flip averaging
-that predict.py uses (the gradient of the prediction averaged over the 10 views).
+flips the saved, rounded 8-bit image wins. The attack goes through the prediction mode of
+--tta (by default predict.py's: the gradient of the prediction averaged over the 10 views).
 
     python scripts/hack_the_cnn.py                    # scikit-image's astronaut() photo (smiling)
     python scripts/hack_the_cnn.py --image me.jpg
@@ -14,43 +14,50 @@ hack.json (epsilon, L-inf, L2, PSNR, pixels changed, probabilities before and af
 reloads both PNGs from disk and checks what the model says about them.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-import expressions as ex
+from expressions import EMOTIONS, RESULTS_DIR, UserError, run_cli
+from expressions import model as nets
+from expressions.faces import crop_face, detect_faces, load_face_detector, read_image, to_gray
+from expressions.outputs import check_folder, save_figure, write_image, write_json
+
+HACK_DIR = RESULTS_DIR / "hack_cnn"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", type=Path, default=None,
                    help="photo with a face (default: scikit-image's astronaut() photo, NASA)")
-    p.add_argument("--model", default="own",
-                   help="model .pkl file, or own / pre_trained for the committed models (default: %(default)s)")
-    p.add_argument("--source-class", default="Happy", choices=ex.EMOTIONS,
+    nets.add_model_option(p)
+    p.add_argument("--source-class", default="Happy", choices=EMOTIONS,
                    help="what the model must say about the face first (default: %(default)s)")
-    p.add_argument("--target", default="Sad", choices=ex.EMOTIONS, help="class to reach (default: %(default)s)")
+    p.add_argument("--target", default="Sad", choices=EMOTIONS, help="class to reach (default: %(default)s)")
     p.add_argument("--max-eps", type=int, default=8, help="largest L-inf bound tried, grey levels (default: %(default)s)")
     p.add_argument("--steps", type=int, default=300, help="gradient steps per epsilon (default: %(default)s)")
-    p.add_argument("--no-tta", action="store_true",
-                   help="attack the single-pass model instead of predict.py's test-time augmentation")
-    p.add_argument("--out", type=Path, default=ex.HACK_DIR, help="output folder (default: %(default)s)")
-    return p.parse_args(argv)
+    nets.add_tta_option(p, why="; the prediction mode the attack goes through")
+    p.add_argument("--out", type=Path, default=HACK_DIR, help="output folder (default: %(default)s)")
+    args = p.parse_args(argv)
+    if args.target == args.source_class:
+        p.error(f"--target must differ from --source-class (both are {args.target})")
+    return args
 
 
-def face_from(args, reader):
+def face_from(args):
+    """The 48x48 crop of the largest face in --image, as predict.py PHOTO crops it."""
     import cv2
     if args.image is None:
         from skimage import data as skdata
         image, name = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), "scikit-image astronaut()"
     else:
-        image, name = ex.read_image(args.image), str(args.image)
-    boxes, crops, _ = reader(image, still=True)
+        image, name = read_image(args.image), str(args.image)
+    gray = to_gray(image)
+    boxes = detect_faces(gray, load_face_detector(), detect_width=1000)
     if not boxes:
-        raise ex.UserError(f"no face found in {name}")
-    return crops[0], name
+        raise UserError(f"no face found in {name}")
+    return crop_face(gray, boxes[0]), name
 
 
 def attack(model, x0, target, eps, steps, tta):
@@ -58,9 +65,9 @@ def attack(model, x0, target, eps, steps, tta):
     whether the rounded image is classified as target, checked at every step."""
     import tensorflow as tf
     x0 = tf.constant(x0[None, ..., None], tf.float32)
-    predict = ex.make_predictor(model, *ex.TTA_MODES[tta])
+    predict = nets.make_predictor(model, tta)
     delta = tf.Variable(tf.zeros_like(x0))
-    onehot = tf.one_hot([target], len(ex.EMOTIONS))
+    onehot = tf.one_hot([target], len(EMOTIONS))
     alpha = max(eps / 20, 0.05)
     best = None
     for _ in range(steps):
@@ -78,7 +85,7 @@ def attack(model, x0, target, eps, steps, tta):
     return final.numpy()[0, ..., 0].astype(np.uint8), best is not None
 
 
-def save_figure(x0, x1, p0, p1, eps, path):
+def hack_figure(x0, x1, p0, p1, eps, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -86,39 +93,38 @@ def save_figure(x0, x1, p0, p1, eps, path):
     fig, axes = plt.subplots(1, 4, figsize=(15, 4), gridspec_kw={"width_ratios": [1, 1, 1, 1.6]})
     k0, k1 = int(np.argmax(p0)), int(np.argmax(p1))
     axes[0].imshow(x0, cmap="gray", vmin=0, vmax=255)
-    axes[0].set_title(f"input: {ex.EMOTIONS[k0]} {p0[k0]:.0%}")
+    axes[0].set_title(f"input: {EMOTIONS[k0]} {p0[k0]:.0%}")
     axes[1].imshow(x1, cmap="gray", vmin=0, vmax=255)
-    axes[1].set_title(f"hacked: {ex.EMOTIONS[k1]} {p1[k1]:.0%}")
+    axes[1].set_title(f"hacked: {EMOTIONS[k1]} {p1[k1]:.0%}")
     lim = max(1, np.abs(diff).max())
     im = axes[2].imshow(diff, cmap="seismic", vmin=-lim, vmax=lim)
     axes[2].set_title(f"difference (max {np.abs(diff).max()} grey levels)")
     fig.colorbar(im, ax=axes[2], fraction=0.046)
     for ax in axes[:3]:
         ax.axis("off")
-    xs = np.arange(len(ex.EMOTIONS))
+    xs = np.arange(len(EMOTIONS))
     axes[3].bar(xs - 0.2, p0, 0.4, label="input")
     axes[3].bar(xs + 0.2, p1, 0.4, label="hacked")
-    axes[3].set_xticks(xs, ex.EMOTIONS, rotation=30)
+    axes[3].set_xticks(xs, EMOTIONS, rotation=30)
     axes[3].set_ylabel("probability")
     axes[3].legend()
-    fig.suptitle(f"A change of at most {eps} grey levels out of 255 turns {ex.EMOTIONS[k0]} into {ex.EMOTIONS[k1]}")
+    fig.suptitle(f"A change of at most {eps} grey levels out of 255 turns {EMOTIONS[k0]} into {EMOTIONS[k1]}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):
     args = parse_args(argv)
     import cv2
-    model = ex.load_model(args.model)
-    tta = "none" if args.no_tta else ex.DEFAULT_TTA
-    reader = ex.EmotionReader(model, *ex.TTA_MODES[tta], detect_width=1000)
-    x0, name = face_from(args, reader)
-    predict = ex.make_predictor(model, *ex.TTA_MODES[tta])
+    out = check_folder(args.out)  # before the attack, not after it
+    x0, name = face_from(args)  # before the model is loaded: a photo without a face fails fast
+    model = nets.load_model(args.model)
+    tta = args.tta
+    predict = nets.make_predictor(model, tta)
     p0 = predict(x0[None, ..., None]).numpy()[0]
-    source, target = ex.EMOTIONS.index(args.source_class), ex.EMOTIONS.index(args.target)
+    source, target = EMOTIONS.index(args.source_class), EMOTIONS.index(args.target)
     if int(np.argmax(p0)) != source:
-        raise ex.UserError(f"the model reads the face in {name} as {ex.EMOTIONS[int(np.argmax(p0))]} "
+        raise UserError(f"the model reads the face in {name} as {EMOTIONS[int(np.argmax(p0))]} "
                            f"({p0.max():.0%}), not {args.source_class}: choose another photo")
     print(f"{name}: {args.source_class} {p0[source]:.0%}; attacking toward {args.target}"
           f" through the {tta} test-time augmentation of predict.py ...", flush=True)
@@ -128,19 +134,18 @@ def main(argv=None):
         if flipped:
             break
     else:
-        raise ex.UserError(f"no change within {args.max_eps} grey levels turns the face into {args.target}")
+        raise UserError(f"no change within {args.max_eps} grey levels turns the face into {args.target}")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(args.out / "input_image.png"), x0)
-    cv2.imwrite(str(args.out / "hacked_image.png"), x1)
+    write_image(out / "input_image.png", x0)
+    write_image(out / "hacked_image.png", x1)
     # Trust only what is on disk: reload both 8-bit PNGs and predict again.
-    r0 = cv2.imread(str(args.out / "input_image.png"), cv2.IMREAD_GRAYSCALE)
-    r1 = cv2.imread(str(args.out / "hacked_image.png"), cv2.IMREAD_GRAYSCALE)
+    r0 = cv2.imread(str(out / "input_image.png"), cv2.IMREAD_GRAYSCALE)
+    r1 = cv2.imread(str(out / "hacked_image.png"), cv2.IMREAD_GRAYSCALE)
     q0 = predict(r0[None, ..., None]).numpy()[0]
     q1 = predict(r1[None, ..., None]).numpy()[0]
     if int(np.argmax(q0)) != source or int(np.argmax(q1)) != target:
-        raise ex.UserError(f"the reloaded images read as {ex.EMOTIONS[int(np.argmax(q0))]} and "
-                           f"{ex.EMOTIONS[int(np.argmax(q1))]}, not {args.source_class} and {args.target}")
+        raise UserError(f"the reloaded images read as {EMOTIONS[int(np.argmax(q0))]} and "
+                           f"{EMOTIONS[int(np.argmax(q1))]}, not {args.source_class} and {args.target}")
     diff = r1.astype(float) - r0.astype(float)
     mse = float((diff ** 2).mean())
     report = {
@@ -148,16 +153,16 @@ def main(argv=None):
         "linf": int(np.abs(diff).max()), "l2": float(np.sqrt((diff ** 2).sum())),
         "psnr_db": float(10 * np.log10(255 ** 2 / mse)) if mse else None,
         "pixels_changed": int((diff != 0).sum()), "pixels": int(diff.size),
-        "probabilities_before": dict(zip(ex.EMOTIONS, map(float, q0))),
-        "probabilities_after": dict(zip(ex.EMOTIONS, map(float, q1))),
+        "probabilities_before": dict(zip(EMOTIONS, map(float, q0))),
+        "probabilities_after": dict(zip(EMOTIONS, map(float, q1))),
     }
-    (args.out / "hack.json").write_text(json.dumps(report, indent=1))
-    save_figure(r0, r1, q0, q1, eps, args.out / "hack.png")
+    write_json(out / "hack.json", report)
+    hack_figure(r0, r1, q0, q1, eps, out / "hack.png")
     print(f"reloaded from disk: input {args.source_class} {q0[source]:.0%}, hacked {args.target} {q1[target]:.0%}; "
           f"L-inf {report['linf']}, L2 {report['l2']:.1f}, PSNR {report['psnr_db']:.1f} dB, "
-          f"{report['pixels_changed']} of {diff.size} pixels changed; wrote {args.out}")
+          f"{report['pixels_changed']} of {diff.size} pixels changed; wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    ex.run_cli(lambda: main(sys.argv[1:]))
+    run_cli(lambda: main(sys.argv[1:]))

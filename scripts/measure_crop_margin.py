@@ -17,17 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-import expressions as ex
+from expressions import EMOTIONS, SHARED_DIR, run_cli
+from expressions import data as fer2013
+from expressions import model as nets
+from expressions.faces import crop_face, detect_faces, load_face_detector, read_image, to_gray
 
-MEDIA = ex.SHARED_DIR / "media"
+MEDIA = SHARED_DIR / "media"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--margins", default="0,0.05,0.1,0.15,0.2,0.3",
                    help="margins to try, share of the box added on each side (default: %(default)s)")
-    p.add_argument("--model", default="own",
-                   help="model .pkl file, or own / pre_trained for the committed models (default: %(default)s)")
+    nets.add_model_option(p)
+    nets.add_tta_option(p, default="flip", why="; the live stream's mode, whose crops this measures")
     p.add_argument("--media", type=Path, default=MEDIA, help="photos/ and *.mp4 folder (default: %(default)s)")
     p.add_argument("--frames", type=int, default=150, help="frames read from each video (default: %(default)s)")
     return p.parse_args(argv)
@@ -38,22 +41,21 @@ def main(argv=None):
     import cv2
     import pandas as pd
     margins = [float(m) for m in args.margins.split(",")]
-    model = ex.load_model(args.model)
-    predict = ex.make_predictor(model, flip_tta=True)
-    detector = ex.load_face_detector()
-    data = ex.load_prepared()
+    model = nets.load_model(args.model)
+    detector = load_face_detector()
+    data = fer2013.load_prepared()
 
     # 1. validation faces, re-detected and re-cropped
     boxes, keep = [], []
     big_images = [cv2.resize(x[..., 0], (192, 192), interpolation=cv2.INTER_CUBIC) for x in data["x_val"]]
     for i, big in enumerate(big_images):
-        found = ex.detect_faces(big, detector, detect_width=192, min_face=60)
+        found = detect_faces(big, detector, detect_width=192, min_face=60)
         if found:
             boxes.append(found[0])
             keep.append(i)
     keep = np.array(keep)
     y_val = data["y_val"][keep].astype(int)
-    original = np.argmax(ex.predict_in_batches(model, data["x_val"][keep]), 1)
+    original = np.argmax(nets.predict_in_batches(model, data["x_val"][keep], args.tta), 1)
     print(f"validation images with a detected face: {len(keep):,} of {len(data['x_val']):,}; "
           f"accuracy on them as they are: {(original == y_val).mean():.2%}")
 
@@ -61,10 +63,10 @@ def main(argv=None):
     if (args.media / "photos" / "labels.csv").exists():
         labels = pd.read_csv(args.media / "photos" / "labels.csv")
         for f, emotion in zip(labels.file, labels.emotion):
-            gray = ex.to_gray(ex.read_image(args.media / "photos" / f))
-            found = ex.detect_faces(gray, detector, detect_width=1000)
+            gray = to_gray(read_image(args.media / "photos" / f))
+            found = detect_faces(gray, detector, detect_width=1000)
             if found:
-                photos.append((gray, found[0], ex.EMOTIONS.index(emotion.capitalize())))
+                photos.append((gray, found[0], EMOTIONS.index(emotion.capitalize())))
     videos = []
     for path in sorted(args.media.glob("*.mp4")):
         cap, frames = cv2.VideoCapture(str(path)), []
@@ -72,8 +74,8 @@ def main(argv=None):
             ok, frame = cap.read()
             if not ok:
                 break
-            gray = ex.to_gray(frame)
-            found = ex.detect_faces(gray, detector)
+            gray = to_gray(frame)
+            found = detect_faces(gray, detector)
             if found:
                 frames.append((gray, found[0]))
         videos.append((path.name, frames))
@@ -81,20 +83,20 @@ def main(argv=None):
     header = f"{'margin':>7} {'val re-cropped':>15} {'photos':>9}" + "".join(f" {n[:18]:>19}" for n, _ in videos)
     print(header + "\n" + "-" * len(header))
     for m in margins:
-        crops = np.stack([ex.crop_face(big_images[i], b, m) for i, b in zip(keep, boxes)])[..., None]
-        val_acc = (np.argmax(ex.predict_in_batches(model, crops), 1) == y_val).mean()
+        crops = np.stack([crop_face(big_images[i], b, m) for i, b in zip(keep, boxes)])[..., None]
+        val_acc = (np.argmax(nets.predict_in_batches(model, crops, args.tta), 1) == y_val).mean()
         row = f"{m:>7.2f} {val_acc:>15.2%}"
         if photos:
-            pc = np.stack([ex.crop_face(g, b, m) for g, b, _ in photos])[..., None]
-            correct = np.argmax(predict(pc).numpy(), 1) == np.array([y for _, _, y in photos])
+            pc = np.stack([crop_face(g, b, m) for g, b, _ in photos])[..., None]
+            correct = np.argmax(nets.predict_in_batches(model, pc, args.tta), 1) == np.array([y for _, _, y in photos])
             row += f" {correct.sum():>5}/{len(photos):<3}"
         for _, frames in videos:
-            vc = np.stack([ex.crop_face(g, b, m) for g, b in frames])[..., None]
-            top = np.argmax(ex.predict_in_batches(model, vc), 1)
+            vc = np.stack([crop_face(g, b, m) for g, b in frames])[..., None]
+            top = np.argmax(nets.predict_in_batches(model, vc, args.tta), 1)
             row += f" {'flicker ' + format((top[1:] != top[:-1]).mean(), '.1%'):>19}"
         print(row, flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    ex.run_cli(lambda: main(sys.argv[1:]))
+    run_cli(lambda: main(sys.argv[1:]))

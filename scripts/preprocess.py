@@ -4,7 +4,7 @@ Reads the raw data (Kaggle fer2013.csv, the course's train.csv + test_with_emoti
 or the challenge zip; from data/ or ../shared), validates every row, and writes:
   data/train.csv, data/test.csv      the course format (test = PublicTest + PrivateTest)
   data/fer2013_prepared.npz          uint8 arrays with a fixed validation split carved from Training
-  results/class_distribution.png     images per class and split
+  results/class_distribution.png     images per class and split (with --data-dir DIR: DIR/class_distribution.png)
 Re-running is a no-op when the inputs and options are unchanged.
 
     python scripts/preprocess.py
@@ -13,19 +13,25 @@ Re-running is a no-op when the inputs and options are unchanged.
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-import expressions as ex
+from expressions import DATA_DIR, EMOTIONS, PREPROCESSING_TEST_DIR, RESULTS_DIR, UserError, run_cli
+from expressions import data as fer2013
+from expressions import plots
+from expressions.faces import crop_face, detect_faces, load_face_detector, to_gray
+from expressions.outputs import atomic_path, check_file, check_folder, write_image, write_json
+from expressions.video import VideoFile, open_video, video_fps
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, default=None,
                    help="raw data file or folder (default: look in --data-dir, then ../shared/data/fer2013)")
-    p.add_argument("--data-dir", type=Path, default=ex.DATA_DIR,
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR,
                    help="where the prepared files are written (default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of every Training class held out for validation (default: %(default)s)")
@@ -33,17 +39,21 @@ def parse_args(argv=None):
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="drop invalid rows (and say how many) instead of stopping (default: stop)")
     p.add_argument("--force", action="store_true", help="rebuild even if nothing changed")
-    p.add_argument("--plot", type=Path, default=ex.RESULTS_DIR / "class_distribution.png",
-                   help="class-distribution figure (default: %(default)s)")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="class-distribution figure (default: results/class_distribution.png for the default "
+                        "--data-dir, else class_distribution.png in --data-dir)")
     # The preprocessing test (faces from a video); see the video section of the README.
     p.add_argument("--video", type=Path, default=None,
                    help="instead of the dataset: write one 48x48 face crop per second of this video; "
                         "'demo' generates a 20-second video from a photo shipped with scikit-image")
-    p.add_argument("--out", type=Path, default=ex.PREPROCESSING_TEST_DIR,
+    p.add_argument("--out", type=Path, default=PREPROCESSING_TEST_DIR,
                    help="with --video: output folder for image0.png, image1.png, ... (default: %(default)s)")
     args = p.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         p.error("--val-fraction must be between 0 and 1")
+    if args.plot is None:  # a scratch --data-dir never rewrites the committed figure
+        default_dir = args.data_dir.resolve() == DATA_DIR.resolve()
+        args.plot = RESULTS_DIR / "class_distribution.png" if default_dir else args.data_dir / "class_distribution.png"
     return args
 
 
@@ -51,33 +61,12 @@ def distribution_table(y_train, y_val, y_test, usage_test):
     cols = {"train": y_train, "val": y_val,
             "PublicTest": y_test[usage_test == "PublicTest"],
             "PrivateTest": y_test[usage_test == "PrivateTest"], "test": y_test}
-    counts = {name: np.bincount(y, minlength=len(ex.EMOTIONS)) for name, y in cols.items()}
+    counts = {name: np.bincount(y, minlength=len(EMOTIONS)) for name, y in cols.items()}
     lines = [f"{'class':<10}" + "".join(f"{n:>12}" for n in cols)]
-    for k, label in enumerate(ex.EMOTIONS):
+    for k, label in enumerate(EMOTIONS):
         lines.append(f"{label:<10}" + "".join(f"{counts[n][k]:>12,}" for n in cols))
     lines.append(f"{'total':<10}" + "".join(f"{counts[n].sum():>12,}" for n in cols))
     return "\n".join(lines), counts
-
-
-def plot_distribution(counts, path: Path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    names = ["train", "val", "test"]
-    width = 0.27
-    for i, name in enumerate(names):
-        xs = np.arange(len(ex.EMOTIONS)) + (i - 1) * width
-        bars = ax.bar(xs, counts[name], width, label=f"{name} ({counts[name].sum():,})")
-        ax.bar_label(bars, fontsize=7)
-    ax.set_xticks(np.arange(len(ex.EMOTIONS)), ex.EMOTIONS)
-    ax.set_ylabel("images")
-    ax.set_title("FER2013: images per class (test = PublicTest + PrivateTest)")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_csv(path: Path, x, y, usage=None):
@@ -95,11 +84,13 @@ def write_csv(path: Path, x, y, usage=None):
 
 def prepare_dataset(args):
     data_dir = args.data_dir
-    kind, paths = ex.find_fer2013_source(data_dir, args.source)
-    settings = {"source": [str(Path(p).resolve()) for p in paths], "fingerprint": ex.fingerprint(paths),
+    kind, paths = fer2013.find_fer2013_source(data_dir, args.source)
+    check_folder(data_dir, "data folder")
+    check_file(args.plot, "plot")
+    settings = {"source": [str(Path(p).resolve()) for p in paths], "fingerprint": fer2013.fingerprint(paths),
                 "val_fraction": args.val_fraction, "seed": args.seed, "skip_bad_rows": args.skip_bad_rows}
     manifest = data_dir / "prepared.json"
-    outputs = ["train.csv", "test.csv", ex.PREPARED_NPZ]
+    outputs = ["train.csv", "test.csv", fer2013.PREPARED_NPZ]
     try:
         up_to_date = (json.loads(manifest.read_text()).get("settings") == settings
                       and all((data_dir / o).exists() for o in outputs))
@@ -108,20 +99,20 @@ def prepare_dataset(args):
 
     if up_to_date and not args.force:
         print(f"data/ is up to date with {', '.join(settings['source'])} (use --force to rebuild)")
-        d = ex.load_prepared(data_dir)
+        d = fer2013.load_prepared(data_dir)
         table, counts = distribution_table(d["y_train"], d["y_val"], d["y_test"], d["usage_test"])
         print(table)
         return 0
 
     print(f"reading {', '.join(map(str, paths))} ...", flush=True)
-    x, y, usage, dropped = ex.load_fer2013(kind, paths, args.skip_bad_rows)
+    x, y, usage, dropped = fer2013.load_fer2013(kind, paths, args.skip_bad_rows)
     is_train = usage == "Training"
     is_test = ~is_train
     if not is_train.any() or not is_test.any():
-        raise ex.UserError(f"{paths[0]}: need both Training and test (PublicTest/PrivateTest) rows; "
-                           f"found {is_train.sum()} and {is_test.sum()}")
+        raise UserError(f"{paths[0]}: need both Training and test (PublicTest/PrivateTest) rows; "
+                        f"found {is_train.sum()} and {is_test.sum()}")
     x_train_all, y_train_all = x[is_train], y[is_train]
-    is_val = ex.stratified_validation_split(y_train_all, args.val_fraction, args.seed)
+    is_val = fer2013.stratified_validation_split(y_train_all, args.val_fraction, args.seed)
     x_test, y_test, usage_test = x[is_test], y[is_test], usage[is_test]
     print(f"{len(x):,} rows: {is_train.sum():,} Training ({(~is_val).sum():,} train + {is_val.sum():,} "
           f"validation), {is_test.sum():,} test" + (f"; {dropped} bad rows dropped" if dropped else ""))
@@ -130,20 +121,20 @@ def prepare_dataset(args):
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp_train = write_csv(data_dir / "train.csv", x_train_all, y_train_all)
     tmp_test = write_csv(data_dir / "test.csv", x_test, y_test, usage_test)
-    tmp_npz = data_dir / (ex.PREPARED_NPZ + ".tmp.npz")
+    tmp_npz = data_dir / (fer2013.PREPARED_NPZ + ".tmp.npz")
     np.savez(tmp_npz, x_train=x_train_all[~is_val], y_train=y_train_all[~is_val],
              x_val=x_train_all[is_val], y_val=y_train_all[is_val],
              x_test=x_test, y_test=y_test, usage_test=usage_test,
              val_rows_in_train_csv=np.flatnonzero(is_val))
     os.replace(tmp_train, data_dir / "train.csv")
     os.replace(tmp_test, data_dir / "test.csv")
-    os.replace(tmp_npz, data_dir / ex.PREPARED_NPZ)
-    manifest.write_text(json.dumps({"settings": settings, "outputs": outputs}, indent=1))
+    os.replace(tmp_npz, data_dir / fer2013.PREPARED_NPZ)
+    write_json(manifest, {"settings": settings, "outputs": outputs})
 
     table, counts = distribution_table(y_train_all[~is_val], y_train_all[is_val], y_test, usage_test)
     print(table)
-    plot_distribution(counts, args.plot)
-    print(f"wrote {data_dir / 'train.csv'}, {data_dir / 'test.csv'}, {data_dir / ex.PREPARED_NPZ}, {args.plot}")
+    plots.class_distribution(counts, args.plot)
+    print(f"wrote {data_dir / 'train.csv'}, {data_dir / 'test.csv'}, {data_dir / fer2013.PREPARED_NPZ}, {args.plot}")
     return 0
 
 
@@ -155,10 +146,10 @@ def make_demo_video(path: Path, seconds=20, fps=25, size=(640, 480)):
     import cv2
     from skimage import data as skdata
     photo = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
-    boxes = ex.detect_faces(ex.to_gray(photo), ex.load_face_detector(), detect_width=photo.shape[1])
+    boxes = detect_faces(to_gray(photo), load_face_detector(), detect_width=photo.shape[1])
     fx, fy, fw, _ = boxes[0]
     face_centre = (fx + fw / 2, fy + fw / 2)
-    writer = ex.video_writer(path, fps, size)
+    writer = VideoFile(path, fps)
     for i in range(seconds * fps):
         t = i / fps
         zoom = 1.3 + 0.6 * np.sin(2 * np.pi * t / 10)           # face 60%..190% of its size
@@ -168,20 +159,18 @@ def make_demo_video(path: Path, seconds=20, fps=25, size=(640, 480)):
         m = cv2.getRotationMatrix2D(face_centre, angle, zoom)
         m[:, 2] += np.array(target) - np.array(face_centre)
         writer.write(cv2.warpAffine(photo, m, size, borderMode=cv2.BORDER_REPLICATE))
-    writer.release()
+    writer.close()
     return path
 
 
 def crops_per_second(video: Path, out: Path):
     """Write one 48x48 grey face crop per second of video (image0.png, image1.png, ...) into
     out, replacing earlier crops, and keep the input there as input_video.mp4."""
-    import shutil
-    import cv2
-    cap = ex.open_video(str(video))
+    cap = open_video(str(video))
     if cap is None:
-        raise ex.UserError(f"cannot read video {video}: not a video OpenCV can decode")
-    fps = ex.video_fps(cap)
-    detector = ex.load_face_detector()
+        raise UserError(f"cannot read video {video}: not a video OpenCV can decode")
+    fps = video_fps(cap)
+    detector = load_face_detector()
     crops, missing, frame_no = [], [], 0
     second_done = -1
     while True:
@@ -192,37 +181,36 @@ def crops_per_second(video: Path, out: Path):
         frame_no += 1
         if second == second_done:
             continue
-        gray = ex.to_gray(frame)
-        boxes = ex.detect_faces(gray, detector)
+        gray = to_gray(frame)
+        boxes = detect_faces(gray, detector)
         if boxes:  # the first frame of the second that shows a face; the largest face
-            crops.append(ex.crop_face(gray, boxes[0]))
+            crops.append(crop_face(gray, boxes[0]))
             second_done = second
         elif frame_no >= (second + 1) * fps - 1:
             missing.append(second)
             second_done = second
     cap.release()
     if frame_no == 0:
-        raise ex.UserError(f"no frame could be read from {video}")
+        raise UserError(f"no frame could be read from {video}")
     if not crops:
-        raise ex.UserError(f"no face found in {video}")
-    out.mkdir(parents=True, exist_ok=True)
+        raise UserError(f"no face found in {video}")
     for old in out.glob("image*.png"):
         old.unlink()
     for k, crop in enumerate(crops):
-        cv2.imwrite(str(out / f"image{k}.png"), crop)
+        write_image(out / f"image{k}.png", crop)
     kept = out / "input_video.mp4"
     if video.resolve() != kept.resolve():
         if video.suffix.lower() == ".mp4":
-            shutil.copyfile(video, kept)
+            with atomic_path(kept) as tmp:
+                shutil.copyfile(video, tmp)
         else:  # re-encode, so the kept copy is always an .mp4
-            cap, writer = ex.open_video(str(video)), None
+            cap, writer = open_video(str(video)), VideoFile(kept, fps)
             while True:
                 ok, frame = cap.read()
                 if not ok:
                     break
-                writer = writer or ex.video_writer(kept, fps, (frame.shape[1], frame.shape[0]))
                 writer.write(frame)
-            writer.release()
+            writer.close()
     print(f"{frame_no / fps:.1f} s of video at {fps:.2f} fps: wrote {len(crops)} face crops to {out}"
           + (f"; no face in second(s) {', '.join(map(str, missing))}" if missing else ""))
     return 0
@@ -231,16 +219,17 @@ def crops_per_second(video: Path, out: Path):
 def main(argv=None):
     args = parse_args(argv)
     if args.video is not None:
+        check_folder(args.out)
         video = args.video
         if str(video) == "demo":
             import tempfile
             video = make_demo_video(Path(tempfile.mkdtemp()) / "input_video.mp4")
-            print(f"generated a 20-second demo video from scikit-image's astronaut() photo")
+            print("generated a 20-second demo video from scikit-image's astronaut() photo")
         elif not video.is_file():
-            raise ex.UserError(f"video not found: {video}")
+            raise UserError(f"video not found: {video}")
         return crops_per_second(video, args.out)
     return prepare_dataset(args)
 
 
 if __name__ == "__main__":
-    ex.run_cli(lambda: main(sys.argv[1:]))
+    run_cli(lambda: main(sys.argv[1:]))

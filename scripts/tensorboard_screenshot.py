@@ -15,14 +15,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-import expressions as ex
+from expressions import MODEL_DIR, UserError, run_cli
+from expressions.outputs import atomic_path, check_file
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logdir", type=Path, default=ex.MODEL_DIR / "tensorboard",
+    p.add_argument("--logdir", type=Path, default=MODEL_DIR / "tensorboard",
                    help="TensorBoard log folder (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=ex.MODEL_DIR / "tensorboard.png", help="(default: %(default)s)")
+    p.add_argument("--out", type=Path, default=MODEL_DIR / "tensorboard.png", help="(default: %(default)s)")
     p.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"),
                    help="browser binary (default: %(default)s)")
     return p.parse_args(argv)
@@ -37,9 +38,10 @@ def free_port():
 def main(argv=None):
     args = parse_args(argv)
     if not args.logdir.is_dir():
-        raise ex.UserError(f"no TensorBoard logs at {args.logdir}: train a model first")
+        raise UserError(f"no TensorBoard logs at {args.logdir}: train a model first")
     if not args.chromium:
-        raise ex.UserError("no chromium found: apt-get install chromium")
+        raise UserError("no chromium found: apt-get install chromium")
+    check_file(args.out, "screenshot")
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     board = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(args.logdir),
@@ -53,14 +55,14 @@ def main(argv=None):
             except OSError:
                 time.sleep(0.5)
         else:
-            raise ex.UserError("TensorBoard did not start")
-        with tempfile.TemporaryDirectory() as profile:
+            raise UserError("TensorBoard did not start")
+        with tempfile.TemporaryDirectory() as profile, atomic_path(args.out) as tmp:
             # WebGL off: TensorBoard then draws its charts with a canvas that headless Chromium renders.
             subprocess.run([args.chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-3d-apis",
                             "--disable-webgl", "--disable-background-networking", "--disable-quic",
                             "--no-first-run", "--disable-component-update", "--disable-sync",
                             f"--user-data-dir={profile}", "--hide-scrollbars", "--window-size=1600,1150",
-                            "--virtual-time-budget=20000", f"--screenshot={args.out.resolve()}",
+                            "--virtual-time-budget=20000", f"--screenshot={tmp.resolve()}",
                             url + "?darkMode=false#timeseries"],
                            check=True, capture_output=True, timeout=120)
     finally:
@@ -71,4 +73,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    ex.run_cli(lambda: main(sys.argv[1:]))
+    run_cli(lambda: main(sys.argv[1:]))

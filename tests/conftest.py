@@ -1,4 +1,6 @@
-"""Shared test helpers: paths, the ../shared skip, tiny generated FER2013-format files."""
+"""Shared test helpers: paths, the ../shared skip, tiny generated FER2013-format files, and
+the expensive things built once per session (the prepared dataset, one tiny trained model),
+always in temporary folders, never in the repository."""
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +13,13 @@ SCRIPTS = ROOT / "scripts"
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(SCRIPTS))
 
+HAVE_FER2013 = (SHARED / "data" / "fer2013" / "fer2013.csv.gz").exists()
 needs_shared = pytest.mark.skipif(
-    not (SHARED / "data" / "fer2013" / "fer2013.csv.gz").exists(),
-    reason=f"../shared (FER2013 and the test media) is not beside the project at {SHARED}")
+    not HAVE_FER2013, reason=f"../shared (FER2013 and the test media) is not beside the project at {SHARED}")
+
+# A tiny network on a slice of the real data: the whole run takes seconds.
+TINY = ["--subset", "384", "--batch-size", "64", "--width", "8", "--erase-prob", "0", "--lr", "0.05",
+        "--mixed-precision", "off"]
 
 
 def run_script(name, *args, cwd=ROOT, timeout=600):
@@ -55,10 +61,21 @@ def write_kaggle_csv(path, n_train=70, n_public=14, n_private=14):
 
 
 @pytest.fixture(scope="session")
-def prepared_data():
-    """The real dataset prepared in the project's data/ (as a user would run it); idempotent."""
-    if not (SHARED / "data" / "fer2013" / "fer2013.csv.gz").exists() and not (ROOT / "data" / "prepared.json").exists():
+def prepared_data(tmp_path_factory):
+    """The real dataset, prepared once per session by preprocess.py into a temporary folder."""
+    if not HAVE_FER2013:
         pytest.skip(f"no FER2013: ../shared is not beside the project at {SHARED}")
-    result = run_script("preprocess.py")
+    data_dir = tmp_path_factory.mktemp("data")
+    result = run_script("preprocess.py", "--data-dir", data_dir)
     assert result.returncode == 0, result.stderr
-    return ROOT / "data"
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model(prepared_data, tmp_path_factory):
+    """One tiny model trained once per session by train.py (3 epochs, evaluated on the
+    7,178 test images): (its folder, the finished process)."""
+    out = tmp_path_factory.mktemp("tiny_model")
+    result = run_script("train.py", *TINY, "--epochs", "3", "--data-dir", prepared_data, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out, result

@@ -1,17 +1,20 @@
 """Faces in photos and videos: the preprocessing test, the live stream, photos, bad input."""
+import json
 import re
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-import expressions as ex
 from conftest import SHARED, assert_clean_error, needs_shared, run_script
+from expressions import EMOTIONS, PREPROCESSING_TEST_DIR
+from expressions.faces import FaceTracker, detect_faces, load_face_detector
+from expressions.video import VideoFile
 
 LINE = re.compile(r"(\d\d:\d\d:\d\ds) : (?:(Angry|Disgust|Fear|Happy|Sad|Surprise|Neutral) , (\d{1,3})%"
                   r"(?: \(face \d+\))?|no face)")
 VIDEOS = sorted((SHARED / "media").glob("*.mp4"))
+MAX_SECONDS = 20  # the first 20 s of each video (all of two of them): enough to judge the speed
 
 
 def astronaut_bgr():
@@ -45,13 +48,13 @@ def test_preprocessing_test_on_the_generated_video(tmp_path):
     assert len(crops) in (20, 21)
     assert [p.name for p in crops] == sorted(f"image{i}.png" for i in range(len(crops)))
     assert (tmp_path / "input_video.mp4").stat().st_size > 0
-    detector = ex.load_face_detector()
+    detector = load_face_detector()
     for path in crops:
         crop = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         assert crop.shape == (48, 48) and crop.dtype == np.uint8  # one grey channel
         # Centred on the face: the detector finds the face again in the middle of the crop.
         big = cv2.resize(crop, (192, 192), interpolation=cv2.INTER_CUBIC)
-        boxes = ex.detect_faces(big, detector, detect_width=192, min_face=80)
+        boxes = detect_faces(big, detector, detect_width=192, min_face=80)
         assert boxes, path
         x, y, w, h = boxes[0]
         assert abs(x + w / 2 - 96) < 20 and abs(y + h / 2 - 96) < 20, (path, boxes[0])
@@ -62,7 +65,7 @@ def test_preprocessing_test_on_the_generated_video(tmp_path):
 
 
 def test_committed_preprocessing_test():
-    folder = ex.PREPROCESSING_TEST_DIR
+    folder = PREPROCESSING_TEST_DIR
     cap = cv2.VideoCapture(str(folder / "input_video.mp4"))
     seconds = cap.get(cv2.CAP_PROP_FRAME_COUNT) / cap.get(cv2.CAP_PROP_FPS)
     assert 19.5 <= seconds <= 21
@@ -74,27 +77,31 @@ def test_committed_preprocessing_test():
 def test_live_stream_on_real_videos_is_faster_than_real_time(video, tmp_path):
     cap = cv2.VideoCapture(str(video))
     duration = cap.get(cv2.CAP_PROP_FRAME_COUNT) / cap.get(cv2.CAP_PROP_FPS)
-    result = run_script("predict_live_stream.py", "--source", video, "--csv", tmp_path / "t.csv",
-                        "--plot", tmp_path / "t.png")
+    duration = min(duration, MAX_SECONDS)
+    result = run_script("predict_live_stream.py", "--source", video, "--csv", tmp_path / "new" / "t.csv",
+                        "--plot", tmp_path / "t.png", "--json", tmp_path / "run.json", "--max-seconds", MAX_SECONDS)
     assert result.returncode == 0, result.stderr[-2000:]
     # The time from the first frame to the last (start-up, loading TensorFlow and the model, excluded).
-    elapsed = float(re.search(r"frames \(.*\) in ([\d.]+) s:", result.stderr).group(1))
+    run = json.loads((tmp_path / "run.json").read_text())
+    elapsed = run["elapsed_seconds"]
+    expected_frames = min(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), int(np.ceil(MAX_SECONDS * cap.get(cv2.CAP_PROP_FPS))))
+    assert abs(run["frames"] - expected_frames) <= 1 and run["fps"] == pytest.approx(run["frames"] / elapsed)
     lines = check_stream_output(result.stdout)
     assert len({line[:9] for line in lines}) >= int(duration)  # at least one line per second
     assert sum("no face" in line for line in lines) <= 1
     assert elapsed < duration, f"{elapsed:.1f} s for {duration:.1f} s of video"
     import pandas as pd
-    table = pd.read_csv(tmp_path / "t.csv")
+    table = pd.read_csv(tmp_path / "new" / "t.csv")  # a missing folder is created
     assert {"valence", "arousal", "happy", "face_id"} <= set(table.columns)
-    assert np.allclose(table[[e.lower() for e in ex.EMOTIONS]].sum(axis=1), 1, atol=1e-3)
+    assert np.allclose(table[[e.lower() for e in EMOTIONS]].sum(axis=1), 1, atol=1e-3)
     assert (tmp_path / "t.png").stat().st_size > 10_000
 
 
 def write_video(path, frames, fps=10):
-    writer = ex.video_writer(path, fps, (frames[0].shape[1], frames[0].shape[0]))
+    writer = VideoFile(path, fps)
     for f in frames:
         writer.write(f)
-    writer.release()
+    writer.close()
     return path
 
 
@@ -110,11 +117,22 @@ def test_webcam_fallback_to_recorded_video(tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 25
 
 
-def test_blank_video_prints_no_face_lines(tmp_path):
+def test_blank_video_prints_no_face_lines_and_a_plot_that_says_so(tmp_path):
     clip = write_video(tmp_path / "blank.mp4", [np.full((240, 320, 3), 128, np.uint8)] * 30)
-    result = run_script("predict_live_stream.py", "--source", clip)
+    result = run_script("predict_live_stream.py", "--source", clip, "--plot", tmp_path / "t.png")
     assert result.returncode == 0, result.stderr[-2000:]
     assert check_stream_output(result.stdout) == [f"00:00:0{s}s : no face" for s in range(3)]
+    assert (tmp_path / "t.png").stat().st_size > 1000 and "no face found" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--csv", "--plot", "--json", "--save-video"])
+def test_unwritable_outputs_are_refused_before_the_stream_starts(tmp_path, option):
+    (tmp_path / "file").write_text("")
+    for path in ("/proc/x.csv" if option != "--save-video" else "/proc/x.mp4", tmp_path / "file" / "x.png"):
+        result = run_script("predict_live_stream.py", "--source", tmp_path / "none.mp4", option, path)
+        assert_clean_error(result, "cannot write")
+        assert result.stdout == ""  # nothing was read or printed first
+    assert_clean_error(run_script("predict_live_stream.py", "--save-video", tmp_path / "x.gif"), ".mp4 or .avi")
 
 
 def test_missing_and_corrupt_video(tmp_path):
@@ -140,6 +158,25 @@ def test_photo_with_two_faces(tmp_path):
     assert (tmp_path / "annotated" / "two_emotions.png").exists()
 
 
+def test_photos_with_the_same_name_in_two_folders_give_two_files(tmp_path):
+    for folder, photo in (("a", astronaut_bgr()), ("b", grace_hopper_bgr())):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "face.jpg"), photo)
+    result = run_script("predict.py", tmp_path / "a" / "face.jpg", tmp_path / "b" / "face.jpg", "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert written == ["face-2_emotions.png", "face_emotions.png"]  # no hidden temporary files left either
+    first, second = (cv2.imread(str(tmp_path / "o" / n)) for n in ("face_emotions.png", "face-2_emotions.png"))
+    assert first.shape[:2] == astronaut_bgr().shape[:2] and second.shape[:2] == grace_hopper_bgr().shape[:2]
+
+
+def test_photo_output_folder_that_cannot_be_written(tmp_path):
+    cv2.imwrite(str(tmp_path / "face.png"), astronaut_bgr())
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path / "file", "/proc/x", tmp_path / "file" / "sub"):
+        assert_clean_error(run_script("predict.py", tmp_path / "face.png", "--out", out), "cannot write")
+
+
 def test_unreadable_photo_and_photo_without_face(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
@@ -161,7 +198,7 @@ def test_labelled_photos_each_give_one_face():
 
 
 def test_tracker_keeps_ids_stable():
-    tracker = ex.FaceTracker()
+    tracker = FaceTracker()
     assert tracker.update([(0, 0, 50, 50), (200, 0, 50, 50)], 0.0) == [1, 2]
     assert tracker.update([(205, 2, 50, 50), (3, 1, 50, 50)], 0.1) == [2, 1]
     assert tracker.update([(400, 0, 50, 50)], 0.2) == [3]

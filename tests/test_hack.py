@@ -4,33 +4,34 @@ import json
 import cv2
 import numpy as np
 
-import expressions as ex
-from conftest import assert_clean_error, run_script
-
 import hack_the_cnn
+from conftest import assert_clean_error, run_script
+from expressions import EMOTIONS
+from expressions import model as nets
+from hack_the_cnn import HACK_DIR
 
 
 def test_attack_reaches_a_chosen_target_within_the_bound():
-    model = ex.load_model()
-    x0 = cv2.imread(str(ex.HACK_DIR / "input_image.png"), cv2.IMREAD_GRAYSCALE)
-    target = ex.EMOTIONS.index("Angry")
-    x1, flipped = hack_the_cnn.attack(model, x0, target, eps=4, steps=150, tta=ex.DEFAULT_TTA)
+    model = nets.load_model()
+    x0 = cv2.imread(str(HACK_DIR / "input_image.png"), cv2.IMREAD_GRAYSCALE)
+    target = EMOTIONS.index("Angry")
+    x1, flipped = hack_the_cnn.attack(model, x0, target, eps=4, steps=150, tta=nets.DEFAULT_TTA)
     assert flipped
     assert np.abs(x1.astype(int) - x0.astype(int)).max() <= 4
-    p = ex.make_predictor(model, *ex.TTA_MODES[ex.DEFAULT_TTA])(x1[None, ..., None]).numpy()[0]
+    p = nets.make_predictor(model, nets.DEFAULT_TTA)(x1[None, ..., None]).numpy()[0]
     assert int(np.argmax(p)) == target
 
 
 def test_committed_hack_reloads_as_happy_and_sad():
-    report = json.loads((ex.HACK_DIR / "hack.json").read_text())
-    x0 = cv2.imread(str(ex.HACK_DIR / "input_image.png"), cv2.IMREAD_UNCHANGED)
-    x1 = cv2.imread(str(ex.HACK_DIR / "hacked_image.png"), cv2.IMREAD_UNCHANGED)
+    report = json.loads((HACK_DIR / "hack.json").read_text())
+    x0 = cv2.imread(str(HACK_DIR / "input_image.png"), cv2.IMREAD_UNCHANGED)
+    x1 = cv2.imread(str(HACK_DIR / "hacked_image.png"), cv2.IMREAD_UNCHANGED)
     assert x0.shape == x1.shape == (48, 48) and x0.dtype == np.uint8
     linf = np.abs(x1.astype(int) - x0.astype(int)).max()
     assert 0 < linf <= report["epsilon"] == report["linf"]
-    p = ex.make_predictor(ex.load_model(), *ex.TTA_MODES[report["tta"]])(np.stack([x0, x1])[..., None]).numpy()
-    assert ex.EMOTIONS[int(np.argmax(p[0]))] == "Happy"
-    assert ex.EMOTIONS[int(np.argmax(p[1]))] == "Sad"
+    p = nets.make_predictor(nets.load_model(), report["tta"])(np.stack([x0, x1])[..., None]).numpy()
+    assert EMOTIONS[int(np.argmax(p[0]))] == "Happy"
+    assert EMOTIONS[int(np.argmax(p[1]))] == "Sad"
 
 
 def test_bad_input(tmp_path):
@@ -43,3 +44,13 @@ def test_bad_input(tmp_path):
     # A face the model does not read as the source class.
     result = run_script("hack_the_cnn.py", "--source-class", "Disgust", "--out", tmp_path)
     assert_clean_error(result, "not Disgust")
+    # The target is the source class: refused before anything runs.
+    result = run_script("hack_the_cnn.py", "--target", "Happy", "--out", tmp_path / "same")
+    assert result.returncode == 2 and "--target must differ" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "same").exists()
+    # An output folder that cannot be written: said before the attack, not after it.
+    (tmp_path / "file").write_text("")
+    for out in ("/proc/hack", tmp_path / "file"):
+        result = run_script("hack_the_cnn.py", "--out", out)
+        assert_clean_error(result, "cannot write")
+        assert "attacking" not in result.stdout

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import expressions as ex
-from conftest import SHARED, assert_clean_error, fake_rows, needs_shared, run_script, write_kaggle_csv
+from conftest import ROOT, assert_clean_error, fake_rows, needs_shared, run_script, write_kaggle_csv
+from expressions import UserError
+from expressions import data as fer2013
 
 
 def prepare(tmp_path, *extra):
@@ -43,7 +44,7 @@ def test_course_layout(tmp_path, test_name):
         (src / test_name).write_text(text)
     result = prepare(tmp_path, "--source", src)
     assert result.returncode == 0, result.stderr
-    data = ex.load_prepared(tmp_path / "out")
+    data = fer2013.load_prepared(tmp_path / "out")
     assert len(data["x_train"]) + len(data["x_val"]) == 70 and len(data["x_test"]) == 14
     # Without a Usage column the first half of the test file is PublicTest, the rest PrivateTest.
     assert list(data["usage_test"]) == ["PublicTest"] * 7 + ["PrivateTest"] * 7
@@ -56,7 +57,7 @@ def test_challenge_zip(tmp_path):
         z.write(csv, "fer2013/fer2013.csv")
     result = prepare(tmp_path, "--source", tmp_path / "challenge.zip")
     assert result.returncode == 0, result.stderr
-    assert len(ex.load_prepared(tmp_path / "out")["x_test"]) == 28
+    assert len(fer2013.load_prepared(tmp_path / "out")["x_test"]) == 28
 
 
 def test_rerun_is_a_noop(tmp_path):
@@ -95,7 +96,7 @@ def test_bad_rows_are_reported_with_line_numbers(tmp_path, bad_line, message):
     skipped = prepare(tmp_path, "--source", csv, "--skip-bad-rows")
     assert skipped.returncode == 0, skipped.stderr
     assert "dropped 1 bad row(s)" in skipped.stderr
-    data = ex.load_prepared(tmp_path / "out")
+    data = fer2013.load_prepared(tmp_path / "out")
     assert len(data["x_train"]) + len(data["x_val"]) + len(data["x_test"]) == 97
 
 
@@ -103,7 +104,7 @@ def test_bad_rows_are_reported_with_line_numbers(tmp_path, bad_line, message):
     ("", "is empty"),
     ("emotion,pixels,Usage\n" + '3,"1 2 3\n', "not a valid CSV"),
     ("label,image\n3,1 2 3\n", "missing column(s) emotion, pixels, Usage"),
-    ("\x00\x01\x02garbage", ""),
+    ("\x00\x01\x02garbage", "missing column(s) emotion, pixels, Usage"),
 ])
 def test_broken_files(tmp_path, content, message):
     csv = tmp_path / "fer2013.csv"
@@ -131,24 +132,24 @@ def test_failed_run_keeps_existing_outputs(tmp_path):
 
 
 def test_no_data_anywhere_says_where_it_looked(tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "SHARED_FER2013", tmp_path / "missing.csv.gz")
-    with pytest.raises(ex.UserError, match="kaggle.com.*") as err:
-        ex.find_fer2013_source(tmp_path / "empty", None)
+    monkeypatch.setattr(fer2013, "SHARED_FER2013", tmp_path / "missing.csv.gz")
+    with pytest.raises(UserError, match="kaggle.com.*") as err:
+        fer2013.find_fer2013_source(tmp_path / "empty", None)
     assert str(tmp_path / "empty") in str(err.value) and "missing.csv.gz" in str(err.value)
 
 
 def test_validation_split_is_stratified_and_stable():
     y = np.repeat(np.arange(7), [400, 40, 400, 700, 480, 310, 500])
-    a = ex.stratified_validation_split(y, 0.1, 42)
-    b = ex.stratified_validation_split(y, 0.1, 42)
+    a = fer2013.stratified_validation_split(y, 0.1, 42)
+    b = fer2013.stratified_validation_split(y, 0.1, 42)
     assert (a == b).all()
     assert np.array_equal(np.bincount(y[a]), np.round(np.bincount(y) * 0.1).astype(int))
-    assert not (a == ex.stratified_validation_split(y, 0.1, 43)).all()
+    assert not (a == fer2013.stratified_validation_split(y, 0.1, 43)).all()
 
 
 @needs_shared
 def test_full_dataset_counts(prepared_data):
-    data = ex.load_prepared(prepared_data)
+    data = fer2013.load_prepared(prepared_data)
     assert len(data["x_train"]) + len(data["x_val"]) == 28709
     assert len(data["x_test"]) == 7178
     assert (data["usage_test"] == "PublicTest").sum() == 3589
@@ -166,11 +167,32 @@ def test_full_dataset_counts(prepared_data):
 
 
 @needs_shared
-def test_split_is_stable_across_runs(prepared_data):
-    data = ex.load_prepared(prepared_data)
-    y_all = pd.read_csv(prepared_data / "train.csv", usecols=["emotion"]).emotion.to_numpy()
-    assert np.array_equal(np.flatnonzero(ex.stratified_validation_split(y_all, 0.1, 42)),
-                          data["val_rows_in_train_csv"])
+def test_split_is_the_one_the_committed_model_was_selected_on(prepared_data):
+    # The validation rows (indices into train.csv) of every model so far: a change of the
+    # split would silently mix models selected on different images.
+    import hashlib
+    rows = fer2013.load_prepared(prepared_data)["val_rows_in_train_csv"]
+    assert len(rows) == 2872
+    assert hashlib.sha256(rows.astype("int64").tobytes()).hexdigest()[:16] == VAL_ROWS_SHA256
+
+
+def test_scratch_data_dir_leaves_the_committed_figure_alone(tmp_path):
+    committed = ROOT / "results" / "class_distribution.png"
+    before = committed.read_bytes()
+    write_kaggle_csv(tmp_path / "fer2013.csv")
+    result = run_script("preprocess.py", "--source", tmp_path / "fer2013.csv", "--data-dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "class_distribution.png").stat().st_size > 10_000
+    assert committed.read_bytes() == before
+
+
+def test_unwritable_data_dir_or_plot(tmp_path):
+    write_kaggle_csv(tmp_path / "fer2013.csv")
+    (tmp_path / "file").write_text("")
+    for extra in (["--data-dir", tmp_path / "file"], ["--data-dir", tmp_path / "o", "--plot", "/proc/x.png"]):
+        result = run_script("preprocess.py", "--source", tmp_path / "fer2013.csv", *extra)
+        assert_clean_error(result, "cannot write")
+    assert not (tmp_path / "o" / "train.csv").exists()  # refused before any work
 
 
 def test_help_explains_options():
@@ -178,3 +200,6 @@ def test_help_explains_options():
     assert result.returncode == 0
     for option in ("--source", "--skip-bad-rows", "--val-fraction", "--video"):
         assert option in result.stdout
+
+
+VAL_ROWS_SHA256 = "5e0d79b8fbc56a6c"  # preprocess.py defaults: --val-fraction 0.1 --seed 42

@@ -1,0 +1,84 @@
+"""The facial-expression toolkit's shared code, one module per concern.
+
+    expressions          labels, paths, the one-line user error (this file)
+    expressions.outputs  writing results: checked before the work, atomic when written
+    expressions.data     FER2013: reading, validating, splitting, the prepared arrays
+    expressions.model    the networks, saving and loading, prediction with test-time augmentation
+    expressions.training augmentation, the resumable fit loop's callbacks, the batch-norm pass
+    expressions.reports  what a trained model's folder holds: metrics, curves, confusion matrix
+    expressions.faces    face detection, cropping, tracking, drawing, valence and arousal
+    expressions.video    video capture and writing, the per-second summary of a stream
+    expressions.plots    the figures
+
+Each script imports only the modules it uses.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# TensorFlow's C++ start-up chatter (oneDNN, CPU feature notes) is not for users.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# OpenCV's own warnings (a missing camera, say) would duplicate our one-line messages.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+# FER2013's label ids, in the order the model outputs them.
+EMOTIONS = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
+IMAGE_SIZE = 48
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+DATA_DIR = ROOT / "data"
+RESULTS_DIR = ROOT / "results"
+MODEL_DIR = RESULTS_DIR / "model"
+PREPROCESSING_TEST_DIR = RESULTS_DIR / "preprocessing_test"
+SHARED_DIR = ROOT.parent / "shared"  # read-only data and media beside the project, when present
+
+
+class UserError(Exception):
+    """A problem the user can fix (missing file, bad format, ...): shown as one line."""
+
+
+def run_cli(main):
+    """Run a script's main(); user errors become one line on stderr and exit code 1."""
+    try:
+        code = main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def import_tensorflow():
+    """Import TensorFlow and Keras with the lines their C++ start-up writes straight to the
+    stderr file descriptor hidden (TF_CPP_MIN_LOG_LEVEL does not reach them)."""
+    if "keras" not in sys.modules:
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            import tensorflow  # noqa: F401
+            import keras  # noqa: F401
+            tensorflow.constant(0)  # the first op loads the CPU kernels, which also print
+        finally:
+            os.dup2(saved, 2)
+            os.close(devnull)
+            os.close(saved)
+    return sys.modules["tensorflow"], sys.modules["keras"]
+
+
+def machine():
+    """CPU model and core count, for the machine line of reports."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count()}

@@ -1,0 +1,197 @@
+"""The networks, saving and loading them, and prediction with test-time augmentation.
+
+Both networks take raw 48x48x1 grey pixels 0..255 (scaling happens inside the model) and
+return 7 class probabilities, so every script treats them alike."""
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import EMOTIONS, IMAGE_SIZE, MODEL_DIR, UserError, import_tensorflow
+from .outputs import atomic_path
+
+MODEL_PATH = MODEL_DIR / "my_own_model.pkl"
+# Short names for the committed models, accepted wherever a model path is.
+MODEL_ALIASES = {"own": MODEL_PATH, "pre_trained": MODEL_DIR / "pre_trained_model.pkl"}
+
+
+# ---------------------------------------------------------------- the networks
+def build_cnn(width=32, dropout=0.3):
+    """Our VGG-style CNN: four stages of two 3x3 convolutions (width, 2x, 4x, 8x channels)
+    with batch norm, max pooling after each stage, then a 256-unit dense head."""
+    import keras
+    from keras import layers
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit")(inputs)
+    for stage, mult in enumerate([1, 2, 4, 8], start=1):
+        for k in range(2):
+            x = layers.Conv2D(width * mult, 3, padding="same", use_bias=False, name=f"conv{stage}_{k + 1}")(x)
+            x = layers.BatchNormalization(name=f"bn{stage}_{k + 1}")(x)
+            x = layers.ReLU(name=f"relu{stage}_{k + 1}")(x)
+        x = layers.MaxPooling2D(name=f"pool{stage}")(x)
+    # 3x3 spatial map left: flattening keeps where features are (mouth vs eyes).
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(256, use_bias=False, name="fc")(x)
+    x = layers.BatchNormalization(name="bn_fc")(x)
+    x = layers.ReLU(name="relu_fc")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(len(EMOTIONS), activation="softmax", dtype="float32", name="emotion")(x)
+    return keras.Model(inputs, outputs, name="fer_vgg")
+
+
+def build_mobilenet(weights, input_px=96, dropout=0.3):
+    """The optional pre-trained model: ImageNet MobileNet (alpha 0.25) on the face upscaled
+    to input_px and repeated to 3 channels. weights: a .h5 path, 'imagenet' or None."""
+    import keras
+    from keras import layers
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")
+    x = layers.Resizing(input_px, input_px, interpolation="bilinear", name="upscale")(inputs)
+    x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit")(x)  # mobilenet.preprocess_input
+    try:
+        with warnings.catch_warnings():  # "weights for input shape (224, 224) will be loaded": intended
+            warnings.simplefilter("ignore")
+            backbone = keras.applications.MobileNet(input_shape=(input_px, input_px, 3), alpha=0.25,
+                                                    include_top=False, weights=weights, pooling="avg",
+                                                    name="backbone")
+    except Exception as err:  # a wrong file, or no network for 'imagenet'
+        raise UserError(f"cannot load MobileNet(alpha=0.25, include_top=False) weights from {weights}: "
+                        f"{str(err).splitlines()[0][:200]}") from None
+    x = backbone(x)
+    # The pooled ReLU6 features are all positive and large; without normalisation the
+    # head's first SGD steps at lr 0.1 sent the training loss to 25 (measured).
+    x = layers.BatchNormalization(name="head_bn")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(len(EMOTIONS), activation="softmax", dtype="float32", name="emotion")(x)
+    return keras.Model(inputs, outputs, name="fer_mobilenet")
+
+
+def unfreeze_backbone(model):
+    """Make the whole backbone trainable, batch normalisation included. Keeping its
+    batch-norm layers frozen (the Keras transfer-learning guide's advice for small
+    datasets) made fine-tuning collapse here: on a 4,000-image slice the training accuracy
+    fell to the class prior within an epoch, even at a rate of 0.001, while with batch
+    norm free it rose (29 -> 38 % in 3 epochs)."""
+    model.get_layer("backbone").trainable = True
+
+
+# ---------------------------------------------------------------- saving and loading
+def model_path(name) -> Path:
+    """A model file: 'own' / 'pre_trained' name the committed models, anything else is a path."""
+    return Path(MODEL_ALIASES.get(str(name), name))
+
+
+def save_model(model, path):
+    """Pickle a Keras model atomically, so a crash never leaves a broken file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(model, f)
+
+
+def load_model(name="own"):
+    """Load a pickled Keras model (a path, or 'own' / 'pre_trained') and check it maps
+    48x48x1 pixels to 7 probabilities."""
+    path = model_path(name)
+    if not path.exists():
+        how = "python scripts/train.py" + (" --backbone mobilenet" if path.name.startswith("pre_trained") else "")
+        raise UserError(f"model not found at {path}: train one with `{how}`")
+    import_tensorflow()  # unpickling needs Keras imported
+    try:
+        with open(path, "rb") as f:
+            model = pickle.load(f)
+    except Exception as err:
+        raise UserError(f"cannot load model {path}: {err.__class__.__name__}: {err}") from None
+    in_shape = tuple(getattr(model, "input_shape", ()) or ())
+    out_shape = tuple(getattr(model, "output_shape", ()) or ())
+    if in_shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 1) or out_shape[1:] != (len(EMOTIONS),):
+        raise UserError(f"model {path} maps {in_shape} to {out_shape}; expected "
+                        f"(None, 48, 48, 1) to (None, 7)")
+    return model
+
+
+def add_model_option(parser):
+    parser.add_argument("--model", default="own",
+                        help="model .pkl file, or own / pre_trained for the committed models (default: %(default)s)")
+
+
+# ---------------------------------------------------------------- prediction
+# Test-time augmentation: (mirror too, shift in pixels). flip+shift averages 10 views (5
+# positions 2 px apart, each also mirrored); it was the best on the validation split.
+TTA_MODES = {"none": (False, 0), "flip": (True, 0), "flip+shift": (True, 2)}
+DEFAULT_TTA = "flip+shift"
+
+
+def add_tta_option(parser, default=DEFAULT_TTA, why=""):
+    """The one --tta option of every script that predicts."""
+    parser.add_argument("--tta", choices=list(TTA_MODES), default=default,
+                        help="test-time augmentation: none (single pass), flip (average with the mirror "
+                             "image, 2 views), flip+shift (10 views: 5 positions 2 px apart, each also "
+                             f"mirrored; the best on the validation split) (default: %(default)s{why})")
+
+
+def make_predictor(model, tta=DEFAULT_TTA):
+    """A compiled function: uint8/float images [n,48,48,1] -> probabilities [n,7],
+    averaged over the views of the `tta` mode.
+
+    Calling the model inside a tf.function avoids model.predict's large per-call cost
+    (about 50 ms), which matters for video."""
+    tf, _ = import_tensorflow()
+    flip, shift = TTA_MODES[tta]
+    offsets = [(0, 0)] + ([(shift, 0), (-shift, 0), (0, shift), (0, -shift)] if shift else [])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32)])
+    def predict_float(x):  # one trace for every batch size
+        views = [x]
+        if shift:
+            padded = tf.pad(x, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode="SYMMETRIC")
+            views = [padded[:, shift + dy:shift + dy + IMAGE_SIZE, shift + dx:shift + dx + IMAGE_SIZE]
+                     for dx, dy in offsets]
+        if flip:
+            views += [tf.reverse(v, axis=[2]) for v in views]
+        n = tf.shape(x)[0]
+        p = tf.cast(model(tf.concat(views, 0), training=False), tf.float32)
+        return tf.reduce_mean(tf.reshape(p, [len(views), n, len(EMOTIONS)]), axis=0)
+
+    def predict(x):
+        return predict_float(tf.cast(x, tf.float32))
+
+    return predict
+
+
+_predictors = {}
+
+
+def predict_in_batches(model, x, tta=DEFAULT_TTA, batch_size=256):
+    """Probabilities [n,7] for many images, one compiled function per model and mode."""
+    key = (id(model), tta)
+    if key not in _predictors:
+        _predictors[key] = make_predictor(model, tta)
+    predict = _predictors[key]
+    out = [predict(x[i:i + batch_size]).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, len(EMOTIONS)), np.float32)
+
+
+def classification_report(y_true, y_pred, usage=None):
+    """Accuracy (overall and per split), per-class precision/recall/F1, macro-F1, confusion matrix."""
+    n = len(EMOTIONS)
+    cm = np.zeros((n, n), dtype=int)
+    np.add.at(cm, (y_true, y_pred), 1)
+    tp = np.diag(cm).astype(float)
+    precision = np.divide(tp, cm.sum(0), out=np.zeros(n), where=cm.sum(0) > 0)
+    recall = np.divide(tp, cm.sum(1), out=np.zeros(n), where=cm.sum(1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
+    report = {"accuracy": float((y_true == y_pred).mean()), "n": int(len(y_true))}
+    if usage is not None:
+        for split in ("PublicTest", "PrivateTest"):
+            m = usage == split
+            if m.any():
+                report[f"accuracy_{split}"] = float((y_true[m] == y_pred[m]).mean())
+    report["per_class"] = {EMOTIONS[k]: {"precision": float(precision[k]), "recall": float(recall[k]),
+                                         "f1": float(f1[k]), "support": int(cm[k].sum())} for k in range(n)}
+    report["macro_f1"] = float(f1.mean())
+    report["confusion_matrix"] = cm.tolist()
+    return report

@@ -1,0 +1,109 @@
+"""The figures: class distribution, learning curves, confusion matrix, emotion timeline.
+Each takes plain data and a path, and writes the PNG atomically."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import EMOTIONS
+from .outputs import save_figure
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def class_distribution(counts, path):
+    """Images per class for the train, val and test columns of `counts` (name -> [7])."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.27
+    for i, name in enumerate(["train", "val", "test"]):
+        xs = np.arange(len(EMOTIONS)) + (i - 1) * width
+        bars = ax.bar(xs, counts[name], width, label=f"{name} ({counts[name].sum():,})")
+        ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(np.arange(len(EMOTIONS)), EMOTIONS)
+    ax.set_ylabel("images")
+    ax.set_title("FER2013: images per class (test = PublicTest + PrivateTest)")
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def learning_curves(history, kept_epoch, path, batch_norm=None):
+    """Loss and accuracy per epoch (a DataFrame with loss, accuracy, val_loss, val_accuracy),
+    the kept epoch, and validation after the batch-norm pass when it was kept."""
+    plt = _pyplot()
+    epochs = np.arange(1, len(history) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key in zip(axes, ["loss", "accuracy"]):
+        ax.plot(epochs, history[key], label=f"train {key} (augmented)")
+        ax.plot(epochs, history[f"val_{key}"], label=f"validation {key}")
+        if key == "accuracy" and batch_norm and batch_norm["kept"]:
+            ax.plot([kept_epoch], [batch_norm["val_accuracy_recomputed"]], "o", color="green",
+                    label=f"after the batch-norm pass: validation {batch_norm['val_accuracy_recomputed']:.1%}")
+        ax.axvline(kept_epoch, color="grey", ls="--", label=f"kept: epoch {kept_epoch}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def confusion_matrix(cm, path, title):
+    plt = _pyplot()
+    cm = np.asarray(cm)
+    norm = cm / cm.sum(1, keepdims=True).clip(min=1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(cm)):
+        for j in range(len(cm)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({cm[i, j]})", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(cm)), EMOTIONS, rotation=45)
+    ax.set_yticks(range(len(cm)), EMOTIONS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, fraction=0.046)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def timeline(rows, path, seconds):
+    """Per-second probabilities, valence and arousal of the faces seen longest (up to 4).
+    rows: (second, face id, probabilities [7], valence, arousal). With no face at all the
+    figure says so, rather than not being written."""
+    plt = _pyplot()
+    seen = {}
+    for row in rows:
+        seen[row[1]] = seen.get(row[1], 0) + 1
+    ids = sorted(seen, key=lambda i: -seen[i])[:4]
+    if not ids:
+        fig, ax = plt.subplots(figsize=(11, 2))
+        ax.text(0.5, 0.5, f"no face found in {seconds} s of video", ha="center", va="center", fontsize=14)
+        ax.axis("off")
+        save_figure(fig, path, dpi=100)
+        return
+    fig, axes = plt.subplots(len(ids), 1, figsize=(11, 3.2 * len(ids)), squeeze=False, sharex=True)
+    for ax, face_id in zip(axes[:, 0], ids):
+        face_rows = [r for r in rows if r[1] == face_id]
+        t = np.array([r[0] for r in face_rows])
+        p = np.array([r[2] for r in face_rows])
+        ax.stackplot(t, p.T, labels=EMOTIONS, step="post", alpha=0.85)
+        ax2 = ax.twinx()
+        ax2.plot(t, [r[3] for r in face_rows], "k-", lw=1.5, label="valence")
+        ax2.plot(t, [r[4] for r in face_rows], "k:", lw=1.5, label="arousal")
+        ax2.set_ylim(-1, 1)
+        ax2.set_ylabel("valence / arousal")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("probability")
+        ax.set_title(f"face {face_id}")
+        ax.set_xlabel("second")
+        ax.legend(loc="upper left", fontsize=7, ncol=7)
+        ax2.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)

@@ -1,0 +1,78 @@
+"""What a trained model's folder holds besides the model: metrics.json (test figures per
+test-time augmentation mode and per split), history.csv, learning curves, confusion
+matrix and the architecture text. One function writes them all, for train.py at the end
+of a run and for report.py on a finished model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import plots
+from .model import DEFAULT_TTA, TTA_MODES, classification_report, predict_in_batches
+from .outputs import write_json, write_text
+
+NOTES_DIR = Path(__file__).resolve().parent / "notes"
+
+
+def artifact(out: Path, model_name: str, filename: str) -> Path:
+    """Where a model's report goes: results/model/learning_curves.png for our own model,
+    results/model/pre_trained_model_learning_curves.png for another."""
+    return Path(out) / (filename if model_name == "my_own_model" else f"{model_name}_{filename}")
+
+
+def evaluate(model, data):
+    """Test figures of every test-time augmentation mode, printed and returned."""
+    figures = {}
+    for mode in TTA_MODES:
+        proba = predict_in_batches(model, data["x_test"], mode)
+        rep = classification_report(data["y_test"].astype(int), proba.argmax(1), data["usage_test"])
+        figures[f"test_tta_{mode}"] = rep
+        print(f"test accuracy (test-time augmentation: {mode}): {rep['accuracy']:.2%} "
+              f"(PublicTest {rep['accuracy_PublicTest']:.2%}, PrivateTest {rep['accuracy_PrivateTest']:.2%})",
+              flush=True)
+    return figures
+
+
+def write_reports(model, metrics, history, data, out, model_name, evaluate_test=True):
+    """Write every report of a trained model into `out`. metrics: the run's record (kept
+    epoch, validation accuracy, batch-norm pass, wall time, config, machine); the test
+    figures are added to it when evaluate_test is set (they need data["x_test"])."""
+    if evaluate_test:
+        metrics.update(evaluate(model, data))
+        best = metrics[f"test_tta_{DEFAULT_TTA}"]
+        plots.confusion_matrix(best["confusion_matrix"], artifact(out, model_name, "confusion_matrix.png"),
+                               f"test set ({best['n']:,} images), {DEFAULT_TTA} averaging: {best['accuracy']:.1%}")
+    plots.learning_curves(history, metrics["kept_epoch"], artifact(out, model_name, "learning_curves.png"),
+                          metrics.get("batch_norm_pass"))
+    write_text(artifact(out, model_name, "history.csv"), history.to_csv(index=False))
+    write_json(artifact(out, model_name, "metrics.json"), metrics)
+    write_text(Path(out) / f"{model_name}_architecture.txt", architecture_text(model, metrics))
+
+
+def architecture_text(model, metrics):
+    """Keras' summary, why the network looks as it does, and the run that produced it."""
+    lines = []
+    os.environ["COLUMNS"] = "110"  # rich, which draws the table, otherwise cuts it at 80 columns
+    model.summary(print_fn=lambda line, *a, **k: lines.append(line), line_length=100)
+    mobilenet = metrics.get("config", {}).get("backbone") == "mobilenet"
+    notes = (NOTES_DIR / ("mobilenet.txt" if mobilenet else "cnn.txt")).read_text()
+    bn = metrics.get("batch_norm_pass")
+    best_epoch_val = bn["val_accuracy_moving_averages"] if bn else metrics["val_accuracy"]
+    run = [f"Run that produced this model: {metrics.get('command', 'python scripts/train.py')}",
+           "-" * 60,
+           f"epochs run: {metrics['epochs_run']}, kept epoch: {metrics['kept_epoch']} "
+           f"(best validation accuracy {best_epoch_val:.2%})"]
+    if bn:
+        run.append(f"batch-norm pass (statistics recomputed on the un-augmented training images): validation "
+                   f"accuracy {bn['val_accuracy_moving_averages']:.2%} -> {bn['val_accuracy_recomputed']:.2%}, "
+                   f"{'kept' if bn['kept'] else 'not kept'}")
+    run.append(f"training wall time: {metrics['train_wall_minutes']:.1f} min on {metrics['machine']['cores']} CPU cores")
+    for mode in TTA_MODES:
+        m = metrics.get(f"test_tta_{mode}")
+        if m:
+            run.append(f"test accuracy, test-time augmentation {mode}: {m['accuracy']:.2%} on {m['n']:,} images "
+                       f"(PublicTest {m['accuracy_PublicTest']:.2%}, PrivateTest {m['accuracy_PrivateTest']:.2%}), "
+                       f"macro-F1 {m['macro_f1']:.3f}")
+    tail = "" if mobilenet else ("\nThe variants tried before this one, with their measured figures, are in "
+                                 "iterations.md beside this file.\n")
+    return "Model summary\n-------------\n" + "\n".join(lines) + "\n\n" + notes + "\n" + "\n".join(run) + "\n" + tail

@@ -1,0 +1,52 @@
+"""The shared output code: checked before the work, atomic when written, one option per idea."""
+import re
+
+import numpy as np
+import pytest
+
+from conftest import run_script
+from expressions import UserError, outputs
+
+
+def test_failed_write_is_an_error_not_silence(tmp_path):
+    with pytest.raises(UserError, match="cannot write"):
+        outputs.write_image("/proc/x/y.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(UserError, match="cannot encode"):
+        outputs.write_image(tmp_path / "y.unknown-format", np.zeros((8, 8), np.uint8))
+
+
+def test_atomic_write_leaves_the_old_file_whole_when_it_fails(tmp_path):
+    path = tmp_path / "result.txt"
+    outputs.write_text(path, "old")
+    with pytest.raises(RuntimeError):
+        with outputs.atomic_path(path) as tmp:
+            tmp.write_text("half of the new")
+            raise RuntimeError("killed")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.txt"]  # no temporary file left behind
+
+
+def test_checks_create_missing_folders_and_refuse_files(tmp_path):
+    assert outputs.check_file(tmp_path / "a" / "b" / "x.csv").parent.is_dir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="it is a file"):
+        outputs.check_folder(tmp_path / "file")
+    with pytest.raises(UserError, match="it is a folder"):
+        outputs.check_file(tmp_path / "a")
+
+
+def test_unique_names():
+    assert outputs.unique_names(["a/x.jpg", "b/x.png", "x-2.jpg", "y.jpg"], ".out") == \
+        ["x.out", "x-2.out", "x-2-2.out", "y.out"]
+
+
+def test_every_predicting_script_has_the_same_tta_option():
+    defaults = {}
+    for script in ("predict.py", "predict_live_stream.py", "hack_the_cnn.py", "measure_crop_margin.py"):
+        result = run_script(script, "--help")
+        assert result.returncode == 0, result.stderr
+        text = " ".join(result.stdout.split())
+        assert "--tta {none,flip,flip+shift}" in text, script
+        defaults[script] = re.search(r"\(default: (none|flip\+shift|flip)[;)]", text[text.index("--tta {"):]).group(1)
+    assert defaults == {"predict.py": "flip+shift", "predict_live_stream.py": "flip", "hack_the_cnn.py": "flip+shift",
+                        "measure_crop_margin.py": "flip"}
