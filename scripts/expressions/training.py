@@ -268,7 +268,9 @@ def training_throughput(model, train_ds, steps):
     """Training images per second of the real model and input pipeline (augmentation
     included), timed between batch ends so that start-up (tracing, filling the shuffle
     buffer) is left out."""
+    import warnings
     import keras
+    warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our tf.data pipeline shuffles
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True), loss="categorical_crossentropy")
     ends = []
     clock = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.time()))
