@@ -40,7 +40,8 @@ import numpy as np
 from expressions import RESULTS_DIR, ROOT, SHARED_DIR, EMOTIONS, UserError, machine, run_cli
 from expressions import data as fer2013
 from expressions import model as nets
-from expressions.faces import EmotionReader, read_image
+from expressions.faces import read_image
+from expressions.pipeline import EmotionReader
 from expressions.outputs import check_folder, save_figure, write_json, write_text
 
 FER_VERSION = "25.10.3"
@@ -155,17 +156,17 @@ def accuracy_on_test(model, pretrained, detector, fer_keras):
     return out
 
 
-def accuracy_on_photos(model, detector, photo_dir: Path):
+def accuracy_on_photos(model_name, detector, photo_dir: Path):
     import pandas as pd
     labels = pd.read_csv(photo_dir / "labels.csv")
-    reader = EmotionReader(model, nets.DEFAULT_TTA, detect_width=1000)  # as predict.py PHOTO
+    reader = EmotionReader(nets.frame_predictor(model_name, nets.DEFAULT_TTA)[0])  # as predict.py PHOTO
     fer_names = [e.lower() for e in EMOTIONS]
     rows, correct = [], {"ours": 0, "fer": 0}
     no_face = {"ours": 0, "fer": 0}
     for file, truth in zip(labels["file"], labels["emotion"]):
         image = read_image(photo_dir / file)
-        boxes, _, proba = reader(image, still=True)
-        ours = EMOTIONS[int(proba[0].argmax())].lower() if boxes else None
+        found, _, proba = reader(image, still=True)
+        ours = EMOTIONS[int(proba[0].argmax())].lower() if found else None
         faces = detector.detect_emotions(image)
         theirs = None
         if faces:
@@ -363,7 +364,7 @@ def main(argv=None):
     print("1/5 accuracy on the 7,178 test images", flush=True)
     results["test_accuracy"] = accuracy_on_test(model, pretrained, detector, fer_keras)
     print(f"2/5 accuracy on the labelled photos in {photo_dir}", flush=True)
-    results["photos"] = accuracy_on_photos(model, detector, photo_dir)
+    results["photos"] = accuracy_on_photos(args.model, detector, photo_dir)
     print("3/5 per-face classification latency", flush=True)
     results["latency_ms"] = latency(model, pretrained, detector, fer_keras, args.latency_calls)
     print(f"4/5 end-to-end FPS on {len(videos)} videos, best of {args.repeats} runs each", flush=True)

@@ -21,7 +21,8 @@ import numpy as np
 
 from expressions import EMOTIONS, RESULTS_DIR, UserError, run_cli
 from expressions import model as nets
-from expressions.faces import crop_face, detect_faces, load_face_detector, read_image, to_gray
+from expressions.crops import add_crop_option, crop_face
+from expressions.faces import FaceDetector, add_detector_option, read_image, to_gray
 from expressions.outputs import check_folder, save_figure, write_image, write_json
 
 HACK_DIR = RESULTS_DIR / "hack_cnn"
@@ -38,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--max-eps", type=int, default=8, help="largest L-inf bound tried, grey levels (default: %(default)s)")
     p.add_argument("--steps", type=int, default=300, help="gradient steps per epsilon (default: %(default)s)")
     nets.add_tta_option(p, why="; the prediction mode the attack goes through")
+    add_detector_option(p)
+    add_crop_option(p)
     p.add_argument("--out", type=Path, default=HACK_DIR, help="output folder (default: %(default)s)")
     args = p.parse_args(argv)
     if args.target == args.source_class:
@@ -53,11 +56,10 @@ def face_from(args):
         image, name = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), "scikit-image astronaut()"
     else:
         image, name = read_image(args.image), str(args.image)
-    gray = to_gray(image)
-    boxes = detect_faces(gray, load_face_detector(), detect_width=1000)
-    if not boxes:
+    faces = FaceDetector(args.detector).detect(image, still=True)
+    if not faces:
         raise UserError(f"no face found in {name}")
-    return crop_face(gray, boxes[0]), name
+    return crop_face(to_gray(image), faces[0], args.crop), name
 
 
 def attack(model, x0, target, eps, steps, tta):

@@ -14,19 +14,26 @@ from pathlib import Path
 
 import numpy as np
 
-from expressions import DATA_DIR, EMOTIONS, run_cli
+from expressions import DATA_DIR, EMOTIONS, UserError, run_cli
 from expressions import data as fer2013
 from expressions import model as nets
-from expressions.faces import EmotionReader, draw_faces, read_image, valence_arousal
-from expressions.outputs import check_file, check_folder, unique_names, write_image, write_json
+from expressions.crops import add_crop_option
+from expressions.faces import add_detector_option, read_image
+from expressions.pipeline import EmotionReader, draw_faces, valence_arousal
+from expressions.outputs import check_file, check_folder, unique_names, write_image, write_json, write_text
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("photos", nargs="*", type=Path,
-                   help="photos to read faces from (default: none, evaluate on the test set)")
+                   help="photos, or folders searched recursively for photos, to read faces from (default: none, "
+                        "evaluate on the test set). Unreadable files are reported and skipped; the exit code is 1 "
+                        "if any was, or if no photo showed a face")
     nets.add_model_option(p)
     nets.add_tta_option(p)
+    add_detector_option(p)
+    add_crop_option(p)
+    nets.add_runtime_option(p)
     p.add_argument("--test-csv", type=Path, default=DATA_DIR / "test.csv",
                    help="labelled test images, course format emotion,pixels[,Usage] (default: %(default)s)")
     p.add_argument("--split", choices=["test", "val"], default="test",
@@ -38,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--json", type=Path, default=None,
                    help="also write the figures (accuracy per split, per class, confusion matrix) as JSON "
                         "(default: none)")
+    p.add_argument("--csv", type=Path, default=None,
+                   help="with photos: one row per face (file, face number, box, landmarks, the 7 probabilities, "
+                        "emotion, valence, arousal) and one row with face 0 per photo without a face (default: none)")
     p.add_argument("--out", type=Path, default=None,
                    help="with photos: folder for the annotated images, NAME_emotions.png (default: none written)")
     return p.parse_args(argv)
@@ -68,27 +78,81 @@ def evaluate(args):
     return 0
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"}
+CSV_COLUMNS = ["file", "face", "x", "y", "w", "h", *[f"{part}_{axis}" for part in
+               ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left") for axis in "xy"],
+               *[e.lower() for e in EMOTIONS], "emotion", "valence", "arousal"]
+
+
+def photo_paths(paths):
+    """The photos named, with every folder searched recursively for image files."""
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            found.append(path)
+    return found
+
+
+def csv_rows(path, faces, proba):
+    """One row per face, or one row with face 0 for a photo without a face."""
+    if not faces:
+        return [[path, 0] + [""] * (len(CSV_COLUMNS) - 2)]
+    rows = []
+    for n, (face, p) in enumerate(zip(faces, proba), start=1):
+        marks = [f"{v:.1f}" for v in face.landmarks.ravel()] if face.landmarks is not None else [""] * 10
+        valence, arousal = valence_arousal(p)
+        rows.append([path, n, *face.box, *marks, *[f"{v:.4f}" for v in p], EMOTIONS[int(np.argmax(p))],
+                     f"{valence:.3f}", f"{arousal:.3f}"])
+    return rows
+
+
 def read_photos(args):
     """Every face in every photo: emotion, probability, valence and arousal."""
-    images = [(path, read_image(path)) for path in args.photos]  # fail early on an unreadable file
-    names = unique_names(args.photos, "_emotions.png")  # photo.jpg in two folders: two files
-    reader = EmotionReader(nets.load_model(args.model), args.tta, detect_width=1000)
-    without_face = []
-    for (path, image), name in zip(images, names):
-        boxes, _, proba = reader(image, still=True)
-        if not boxes:
-            print(f"error: {path}: no face found", file=sys.stderr)
-            without_face.append(path)
+    import csv
+    import io
+    import time
+    paths = photo_paths(args.photos)
+    if not paths:
+        raise UserError(f"no image files in {', '.join(map(str, args.photos))}")
+    names = unique_names(paths, "_emotions.png")  # photo.jpg in two folders: two files
+    reader = None  # loaded with the first readable photo: a run of unreadable files fails fast
+    unreadable, with_face, rows = 0, 0, []
+    last_progress = time.time()
+    for k, (path, name) in enumerate(zip(paths, names), start=1):
+        try:
+            image = read_image(path)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            unreadable += 1
             continue
-        for n, (box, p) in enumerate(zip(boxes, proba), start=1):
-            k = int(np.argmax(p))
+        reader = reader or EmotionReader(nets.frame_predictor(args.model, args.tta, args.runtime)[0],
+                                         args.detector, args.crop)
+        faces, _, proba = reader(image, still=True)
+        rows += csv_rows(path, faces, proba)
+        if not faces:
+            print(f"{path}: no face found", file=sys.stderr)
+        with_face += bool(faces)
+        for n, (face, p) in enumerate(zip(faces, proba), start=1):
+            x, y, w, h = face.box
+            k_top = int(np.argmax(p))
             valence, arousal = valence_arousal(p)
-            print(f"{path}: face {n} at x={box[0]} y={box[1]} w={box[2]} h={box[3]}: "
-                  f"{EMOTIONS[k]} , {int(round(p[k] * 100))}% (valence {valence:+.2f}, arousal {arousal:+.2f})")
-        if args.out:
-            annotated = draw_faces(image.copy(), boxes, proba, list(range(1, len(boxes) + 1)))
+            print(f"{path}: face {n} at x={x} y={y} w={w} h={h}: "
+                  f"{EMOTIONS[k_top]} , {int(round(p[k_top] * 100))}% (valence {valence:+.2f}, arousal {arousal:+.2f})")
+        if args.out and faces:
+            annotated = draw_faces(image.copy(), [f.box for f in faces], proba, list(range(1, len(faces) + 1)))
             print(f"wrote {write_image(args.out / name, annotated)}")
-    return 1 if without_face else 0
+        if len(paths) > 20 and (time.time() - last_progress > 2 or k == len(paths)):
+            print(f"{k:,} of {len(paths):,} photos", file=sys.stderr, flush=True)
+            last_progress = time.time()
+    if args.csv:
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows([CSV_COLUMNS] + rows)
+        print(f"wrote {write_text(args.csv, text.getvalue())}")
+    if not with_face and not unreadable:
+        raise UserError(f"no face found in {'the photo' if len(paths) == 1 else f'any of {len(paths)} photos'}")
+    return 1 if unreadable else 0
 
 
 def main(argv=None):
@@ -98,6 +162,8 @@ def main(argv=None):
         check_folder(args.out)
     if args.json:
         check_file(args.json, "JSON file")
+    if args.csv:
+        check_file(args.csv, "CSV file")
     return read_photos(args) if args.photos else evaluate(args)
 
 

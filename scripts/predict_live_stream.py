@@ -25,7 +25,9 @@ import numpy as np
 from expressions import EMOTIONS, PREPROCESSING_TEST_DIR, UserError, run_cli
 from expressions import model as nets
 from expressions import plots
-from expressions.faces import DETECT_WIDTH, EmotionReader, FaceTracker, draw_faces, valence_arousal
+from expressions.crops import add_crop_option
+from expressions.faces import DETECT_WIDTH, add_detector_option
+from expressions.pipeline import EmotionReader, FaceTracker, draw_faces, valence_arousal
 from expressions.outputs import check_file, write_json, write_text
 from expressions.video import SecondSummary, VideoFile, check_video_path, format_clock, open_video, video_fps
 
@@ -40,6 +42,9 @@ def parse_args(argv=None):
     nets.add_tta_option(p, default="flip", why="; not flip+shift as elsewhere: a stream classifies every "
                         "face of every frame, flip costs 2 views per face instead of 10, and the per-second "
                         "average over 25-30 frames already smooths what the extra views would")
+    add_detector_option(p)
+    add_crop_option(p)
+    nets.add_runtime_option(p)
     p.add_argument("--realtime", action="store_true",
                    help="pace a video file like a live stream and print wall-clock times (default: as fast as possible)")
     p.add_argument("--max-seconds", type=float, default=None,
@@ -111,7 +116,8 @@ def run(args):
             check_file(path, what)
     print("Reading video stream ...", flush=True)
     cap, live, name = open_source(args)
-    reader = EmotionReader(nets.load_model(args.model), args.tta, detect_width=args.detect_width)
+    predict, runtime = nets.frame_predictor(args.model, args.tta, args.runtime)
+    reader = EmotionReader(predict, args.detector, args.crop, detect_width=args.detect_width)
     fps = video_fps(cap)
     wall_clock = live or args.realtime
     tracker = FaceTracker()
@@ -134,7 +140,8 @@ def run(args):
                 emit(label_for(current, started, wall_clock), current, summary, timeline, csv_rows)
                 summary = SecondSummary()
             current = second
-            boxes, _, proba = reader(frame)
+            faces, _, proba = reader(frame)
+            boxes = [f.box for f in faces]
             ids = tracker.update(boxes, t)
             summary.add(ids, boxes, proba)
             if video:
@@ -162,7 +169,8 @@ def run(args):
           f"{video_seconds / elapsed:.1f}x real time", file=sys.stderr)
     if args.json:
         write_json(args.json, {"source": name, "frames": frames, "video_seconds": video_seconds,
-                               "elapsed_seconds": elapsed, "fps": frames / elapsed, "tta": args.tta})
+                               "elapsed_seconds": elapsed, "fps": frames / elapsed, "tta": args.tta,
+                               "runtime": runtime, "detector": args.detector})
     return 0
 
 

@@ -22,7 +22,8 @@ import numpy as np
 from expressions import DATA_DIR, EMOTIONS, PREPROCESSING_TEST_DIR, RESULTS_DIR, UserError, run_cli
 from expressions import data as fer2013
 from expressions import plots
-from expressions.faces import crop_face, detect_faces, load_face_detector, to_gray
+from expressions.crops import crop_face
+from expressions.faces import FaceDetector, add_detector_option, to_gray
 from expressions.outputs import atomic_path, check_file, check_folder, write_image, write_json
 from expressions.video import VideoFile, open_video, video_fps
 
@@ -46,6 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--video", type=Path, default=None,
                    help="instead of the dataset: write one 48x48 face crop per second of this video; "
                         "'demo' generates a 20-second video from a photo shipped with scikit-image")
+    add_detector_option(p)
     p.add_argument("--out", type=Path, default=PREPROCESSING_TEST_DIR,
                    help="with --video: output folder for image0.png, image1.png, ... (default: %(default)s)")
     args = p.parse_args(argv)
@@ -146,8 +148,7 @@ def make_demo_video(path: Path, seconds=20, fps=25, size=(640, 480)):
     import cv2
     from skimage import data as skdata
     photo = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
-    boxes = detect_faces(to_gray(photo), load_face_detector(), detect_width=photo.shape[1])
-    fx, fy, fw, _ = boxes[0]
+    fx, fy, fw, _ = FaceDetector().detect(photo, still=True)[0].box
     face_centre = (fx + fw / 2, fy + fw / 2)
     writer = VideoFile(path, fps)
     for i in range(seconds * fps):
@@ -163,14 +164,14 @@ def make_demo_video(path: Path, seconds=20, fps=25, size=(640, 480)):
     return path
 
 
-def crops_per_second(video: Path, out: Path):
+def crops_per_second(video: Path, out: Path, detector_name="yunet"):
     """Write one 48x48 grey face crop per second of video (image0.png, image1.png, ...) into
     out, replacing earlier crops, and keep the input there as input_video.mp4."""
     cap = open_video(str(video))
     if cap is None:
         raise UserError(f"cannot read video {video}: not a video OpenCV can decode")
     fps = video_fps(cap)
-    detector = load_face_detector()
+    detector = FaceDetector(detector_name)
     crops, missing, frame_no = [], [], 0
     second_done = -1
     while True:
@@ -181,10 +182,9 @@ def crops_per_second(video: Path, out: Path):
         frame_no += 1
         if second == second_done:
             continue
-        gray = to_gray(frame)
-        boxes = detect_faces(gray, detector)
-        if boxes:  # the first frame of the second that shows a face; the largest face
-            crops.append(crop_face(gray, boxes[0]))
+        faces = detector.detect(frame)
+        if faces:  # the first frame of the second that shows a face; the largest face
+            crops.append(crop_face(to_gray(frame), faces[0]))
             second_done = second
         elif frame_no >= (second + 1) * fps - 1:
             missing.append(second)
@@ -227,7 +227,7 @@ def main(argv=None):
             print("generated a 20-second demo video from scikit-image's astronaut() photo")
         elif not video.is_file():
             raise UserError(f"video not found: {video}")
-        return crops_per_second(video, args.out)
+        return crops_per_second(video, args.out, args.detector)
     return prepare_dataset(args)
 
 

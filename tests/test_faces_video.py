@@ -8,7 +8,8 @@ import pytest
 
 from conftest import SHARED, assert_clean_error, needs_shared, run_script
 from expressions import EMOTIONS, PREPROCESSING_TEST_DIR
-from expressions.faces import FaceTracker, detect_faces, load_face_detector
+from expressions.faces import FaceDetector
+from expressions.pipeline import FaceTracker
 from expressions.video import VideoFile
 
 LINE = re.compile(r"(\d\d:\d\d:\d\ds) : (?:(Angry|Disgust|Fear|Happy|Sad|Surprise|Neutral) , (\d{1,3})%"
@@ -48,16 +49,16 @@ def test_preprocessing_test_on_the_generated_video(tmp_path):
     assert len(crops) in (20, 21)
     assert [p.name for p in crops] == sorted(f"image{i}.png" for i in range(len(crops)))
     assert (tmp_path / "input_video.mp4").stat().st_size > 0
-    detector = load_face_detector()
+    detector = FaceDetector()
     for path in crops:
         crop = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         assert crop.shape == (48, 48) and crop.dtype == np.uint8  # one grey channel
         # Centred on the face: the detector finds the face again in the middle of the crop.
         big = cv2.resize(crop, (192, 192), interpolation=cv2.INTER_CUBIC)
-        boxes = detect_faces(big, detector, detect_width=192, min_face=80)
-        assert boxes, path
-        x, y, w, h = boxes[0]
-        assert abs(x + w / 2 - 96) < 20 and abs(y + h / 2 - 96) < 20, (path, boxes[0])
+        faces = detector.detect(big, still=True)
+        assert faces, path
+        x, y, w, h = faces[0].box
+        assert abs(x + w / 2 - 96) < 20 and abs(y + h / 2 - 96) < 20, (path, faces[0].box)
     # Running it again replaces the crops instead of mixing old and new ones.
     (tmp_path / "image99.png").write_bytes(crops[0].read_bytes())
     assert run_script("preprocess.py", "--video", tmp_path / "input_video.mp4", "--out", tmp_path).returncode == 0

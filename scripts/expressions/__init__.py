@@ -14,6 +14,7 @@ Each script imports only the modules it uses.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -52,21 +53,28 @@ def run_cli(main):
     sys.exit(code or 0)
 
 
+@contextlib.contextmanager
+def quiet_stderr():
+    """Hide what C++ libraries write straight to the stderr file descriptor (TensorFlow's
+    start-up notes, TensorFlow Lite's "Created XNNPACK delegate"): not for users."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
 def import_tensorflow():
-    """Import TensorFlow and Keras with the lines their C++ start-up writes straight to the
-    stderr file descriptor hidden (TF_CPP_MIN_LOG_LEVEL does not reach them)."""
+    """Import TensorFlow and Keras quietly (TF_CPP_MIN_LOG_LEVEL does not reach every line)."""
     if "keras" not in sys.modules:
-        sys.stderr.flush()
-        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 2)
+        with quiet_stderr():
             import tensorflow  # noqa: F401
             import keras  # noqa: F401
             tensorflow.constant(0)  # the first op loads the CPU kernels, which also print
-        finally:
-            os.dup2(saved, 2)
-            os.close(devnull)
-            os.close(saved)
     return sys.modules["tensorflow"], sys.modules["keras"]
 
 

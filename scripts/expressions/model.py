@@ -5,12 +5,13 @@ return 7 class probabilities, so every script treats them alike."""
 from __future__ import annotations
 
 import pickle
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from . import EMOTIONS, IMAGE_SIZE, MODEL_DIR, UserError, import_tensorflow
+from . import EMOTIONS, IMAGE_SIZE, MODEL_DIR, UserError, import_tensorflow, quiet_stderr
 from .outputs import atomic_path
 
 MODEL_PATH = MODEL_DIR / "my_own_model.pkl"
@@ -195,3 +196,108 @@ def classification_report(y_true, y_pred, usage=None):
     report["macro_f1"] = float(f1.mean())
     report["confusion_matrix"] = cm.tolist()
     return report
+
+
+# ---------------------------------------------------------------- the fast form for faces in frames
+def tflite_path(name) -> Path:
+    """Where the TensorFlow Lite form of a model lives: beside it, same stem."""
+    return model_path(name).with_suffix(".tflite")
+
+
+def file_sha256(path) -> str:
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def to_tflite(model, kind="dynamic", calibration=None):
+    """The model converted to TensorFlow Lite: float32, or "dynamic" (int8 weights, float
+    activations), or "int8" (weights and activations, calibrated on `calibration` images)."""
+    tf, _ = import_tensorflow()
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if kind in ("dynamic", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if kind == "int8":
+        converter.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in calibration)
+    import contextlib
+    import io
+    # The converter lists the saved graph on stdout and its settings on the stderr descriptor.
+    with contextlib.redirect_stdout(io.StringIO()), quiet_stderr():
+        return converter.convert()
+
+
+class TFLitePredictor:
+    """Like make_predictor's function, on a TensorFlow Lite model: uint8/float images
+    [n,48,48,1] -> probabilities [n,7], averaged over the views of `tta`. One interpreter
+    per predictor (not thread-safe: give each thread its own)."""
+
+    def __init__(self, content: bytes, tta=DEFAULT_TTA, threads=2):
+        tf, _ = import_tensorflow()
+        with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated": it still works in TF 2.21
+            warnings.simplefilter("ignore")
+            self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads)
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.output = self.interpreter.get_output_details()[0]["index"]
+        self.flip, self.shift = TTA_MODES[tta]
+        self.batch = None
+
+    def views(self, x):
+        s = self.shift
+        views = [x]
+        if s:
+            padded = np.pad(x, [(0, 0), (s, s), (s, s), (0, 0)], mode="symmetric")
+            views = [padded[:, s + dy:s + dy + IMAGE_SIZE, s + dx:s + dx + IMAGE_SIZE]
+                     for dx, dy in [(0, 0), (s, 0), (-s, 0), (0, s), (0, -s)]]
+        if self.flip:
+            views += [v[:, :, ::-1] for v in views]
+        return np.concatenate(views).astype(np.float32)
+
+    def __call__(self, x):
+        x = np.asarray(x)
+        batch = self.views(x)
+        if self.batch != batch.shape:
+            self.interpreter.resize_tensor_input(self.input, batch.shape)
+            with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self.interpreter.allocate_tensors()
+            self.batch = batch.shape
+        self.interpreter.set_tensor(self.input, batch)
+        self.interpreter.invoke()
+        p = self.interpreter.get_tensor(self.output)
+        return p.reshape(-1, len(x), len(EMOTIONS)).mean(axis=0)
+
+
+RUNTIMES = ("auto", "tflite", "keras")
+
+
+def add_runtime_option(parser):
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="what classifies the faces: tflite, the TensorFlow Lite form of the model "
+                             "(MODEL.tflite, made by scripts/export_tflite.py: int8, a tenth of the time "
+                             "per face, same test accuracy); keras, the model itself; auto, tflite when that "
+                             "file was made from this very model, else keras (default: %(default)s)")
+
+
+def frame_predictor(model_name, tta, runtime="auto"):
+    """The classifier of the face pipeline: the TensorFlow Lite form beside the model when
+    runtime is tflite, or auto and that file was derived from this very model (its
+    .tflite.json records the .pkl's SHA-256); else the Keras model in a tf.function.
+    Returns (predict function returning numpy, the runtime used)."""
+    path = tflite_path(model_name)
+    if not model_path(model_name).exists():
+        load_model(model_name)  # the one-line "model not found" error
+    if runtime in ("auto", "tflite") and path.exists():
+        try:
+            import json
+            source = json.loads(path.with_suffix(".tflite.json").read_text())["source_sha256"]
+        except (OSError, ValueError, KeyError):
+            source = None
+        if source == file_sha256(model_path(model_name)):
+            return TFLitePredictor(path.read_bytes(), tta), "tflite"
+        if runtime == "tflite":
+            raise UserError(f"{path} was not made from {model_path(model_name)}: "
+                            "run `python scripts/export_tflite.py` again")
+        print(f"note: {path} was not made from {model_path(model_name)}: classifying with Keras "
+              "(`python scripts/export_tflite.py` makes it again)", file=sys.stderr)
+    elif runtime == "tflite":
+        raise UserError(f"no TensorFlow Lite model at {path}: run `python scripts/export_tflite.py`")
+    predict = make_predictor(load_model(model_name), tta)
+    return (lambda x: predict(x).numpy()), "keras"
