@@ -8,7 +8,7 @@ stream and photos classify faces with MODEL.tflite when it was made from that ve
     python scripts/export_tflite.py --measure   # first measure every candidate runtime
 
 --measure prints, for the Keras model in a compiled tf.function and for TensorFlow Lite in
-float32, with dynamic-range quantisation (int8 weights) and with full int8 quantisation
+float32, with float16 weights, with dynamic-range quantisation (int8 weights) and with full int8 quantisation
 (calibrated on 500 training images): test accuracy on the 7,178 images with a single pass
 and with the mirror (the live stream's mode), and milliseconds per face alone (median of
 300 calls, 2 threads). The kind written is the fastest that loses at most 0.3 points of
@@ -26,7 +26,7 @@ from expressions import data as fer2013
 from expressions import model as nets
 from expressions.outputs import check_file, write_bytes, write_json
 
-KINDS = ("float32", "dynamic", "int8")
+KINDS = ("float32", "float16", "dynamic", "int8")
 MAX_LOSS_POINTS = 0.3
 
 
@@ -34,8 +34,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     nets.add_model_option(p)
     p.add_argument("--kind", choices=KINDS, default="int8",
-                   help="what to write without --measure: float32, dynamic (int8 weights, float activations) "
-                        "or int8 (weights and activations) (default: %(default)s, what --measure chose)")
+                   help="what to write without --measure: float32, float16 (half-size weights), dynamic (int8 "
+                        "weights, float activations) or int8 (weights and activations) (default: %(default)s, "
+                        "what --measure chose)")
     p.add_argument("--measure", action="store_true",
                    help="measure every runtime first (about 3 minutes) and write the fastest within "
                         f"{MAX_LOSS_POINTS} points of the Keras model's single-pass test accuracy")

@@ -6,8 +6,6 @@ chromium), saves the page as a PNG and stops TensorBoard. A developer tool, not 
     python scripts/tensorboard_screenshot.py
 """
 import argparse
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from expressions import MODEL_DIR, UserError, run_cli
+from expressions.browser import find_chromium, free_port
 from expressions.outputs import atomic_path, check_file
 
 
@@ -24,15 +23,9 @@ def parse_args(argv=None):
     p.add_argument("--logdir", type=Path, default=MODEL_DIR / "tensorboard",
                    help="TensorBoard log folder (default: %(default)s)")
     p.add_argument("--out", type=Path, default=MODEL_DIR / "tensorboard.png", help="(default: %(default)s)")
-    p.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"),
+    p.add_argument("--chromium", default=find_chromium(),
                    help="browser binary (default: %(default)s)")
     return p.parse_args(argv)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_script
+from conftest import SHARED, run_script
 from expressions import UserError, crops, faces
 from test_faces_video import LINE, astronaut_bgr, check_stream_output, grace_hopper_bgr, write_video
 
@@ -136,6 +136,36 @@ def test_two_faces_keep_their_ids_in_the_stream(tmp_path):
     lines = check_stream_output(result.stdout)
     assert len(lines) == 6 and all(LINE.fullmatch(line) for line in lines)
     assert sorted(line[-8:] for line in lines) == ["(face 1)"] * 3 + ["(face 2)"] * 3
+
+
+def test_a_stream_searches_every_nth_frame_and_reuses_its_faces_between(monkeypatch):
+    from expressions.pipeline import EmotionReader
+    reader = EmotionReader(lambda crops: np.full((len(crops), 7), 1 / 7), detect_every=3)
+    searched = []
+    real_detect = reader.detector.detect
+    monkeypatch.setattr(reader.detector, "detect", lambda image, still=False: searched.append(image.shape) or
+                        real_detect(image, still))
+    frame = astronaut_bgr()
+    boxes = [reader(np.roll(frame, 3 * i, axis=1))[0][0].box for i in range(7)]
+    assert len(searched) == 3  # frames 0, 3 and 6
+    assert boxes[0] == boxes[1] == boxes[2] != boxes[3] == boxes[4] == boxes[5] != boxes[6]
+    reader(cv2.resize(frame, (256, 256)))  # a frame of another size is always searched
+    assert len(searched) == 4
+    reader(frame, still=True)  # and so is a photo
+    assert len(searched) == 5
+    with pytest.raises(UserError, match="1 or more"):
+        EmotionReader(lambda crops: crops, detect_every=0)
+
+
+@pytest.mark.skipif(not (SHARED / "media" / "liveportrait_d6.mp4").exists(), reason="../shared/media is not here")
+def test_five_faces_at_once_keep_five_ids(tmp_path):
+    from benchmark import CROWD, make_crowd_video
+    clip = make_crowd_video(SHARED / "media", tmp_path / "five.mp4")
+    result = run_script("predict_live_stream.py", "--source", clip, "--max-seconds", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = check_stream_output(result.stdout)
+    assert len(CROWD) == 5 and len(lines) == 15
+    assert sorted(line[-8:] for line in lines) == [f"(face {i})" for i in range(1, 6) for _ in range(3)]
 
 
 def test_frames_are_classified_by_the_tflite_form_only_when_it_was_made_from_the_model(tmp_path):

@@ -6,9 +6,13 @@
     expressions.model    the networks, saving and loading, prediction with test-time augmentation
     expressions.training augmentation, the resumable fit loop's callbacks, the batch-norm pass
     expressions.reports  what a trained model's folder holds: metrics, curves, confusion matrix
-    expressions.faces    face detection, cropping, tracking, drawing, valence and arousal
+    expressions.faces    face detection (YuNet, Haar) and reading photos
+    expressions.crops    the 48x48 crop of a face: box plus margin, or aligned on the landmarks
+    expressions.pipeline detect, crop, classify; stable ids and per-second records of a stream; drawing
     expressions.video    video capture and writing, the per-second summary of a stream
     expressions.plots    the figures
+    expressions.web      the web app and HTTP API of serve.py (static/ holds its page)
+    expressions.browser  the web app in headless Chromium with a fake webcam (its test and screenshot)
 
 Each script imports only the modules it uses.
 """
@@ -23,6 +27,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # OpenCV's own warnings (a missing camera, say) would duplicate our one-line messages.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+VERSION = "0.5.0"  # the toolkit's version, as GET /api/health reports it
 
 # FER2013's label ids, in the order the model outputs them.
 EMOTIONS = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
@@ -50,6 +56,9 @@ def run_cli(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the output was piped into a reader that stopped (`| head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(141)
     sys.exit(code or 0)
 
 

@@ -163,6 +163,20 @@ def make_predictor(model, tta=DEFAULT_TTA):
     return predict
 
 
+def tta_views(x, tta):
+    """The views of images [n,48,48,1] that a `tta` mode averages over, as numpy arrays
+    (what make_predictor computes inside its tf.function)."""
+    flip, s = TTA_MODES[tta]
+    views = [x]
+    if s:
+        padded = np.pad(x, [(0, 0), (s, s), (s, s), (0, 0)], mode="symmetric")
+        views = [padded[:, s + dy:s + dy + IMAGE_SIZE, s + dx:s + dx + IMAGE_SIZE]
+                 for dx, dy in [(0, 0), (s, 0), (-s, 0), (0, s), (0, -s)]]
+    if flip:
+        views += [v[:, :, ::-1] for v in views]
+    return views
+
+
 _predictors = {}
 
 
@@ -210,12 +224,15 @@ def file_sha256(path) -> str:
 
 
 def to_tflite(model, kind="dynamic", calibration=None):
-    """The model converted to TensorFlow Lite: float32, or "dynamic" (int8 weights, float
-    activations), or "int8" (weights and activations, calibrated on `calibration` images)."""
+    """The model converted to TensorFlow Lite: float32, "float16" (half-precision weights,
+    computed in float32 on a CPU), "dynamic" (int8 weights, float activations), or "int8"
+    (weights and activations, calibrated on `calibration` images)."""
     tf, _ = import_tensorflow()
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if kind in ("dynamic", "int8"):
+    if kind in ("float16", "dynamic", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if kind == "float16":
+        converter.target_spec.supported_types = [tf.float16]
     if kind == "int8":
         converter.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in calibration)
     import contextlib
@@ -237,23 +254,11 @@ class TFLitePredictor:
             self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads)
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.output = self.interpreter.get_output_details()[0]["index"]
-        self.flip, self.shift = TTA_MODES[tta]
-        self.batch = None
-
-    def views(self, x):
-        s = self.shift
-        views = [x]
-        if s:
-            padded = np.pad(x, [(0, 0), (s, s), (s, s), (0, 0)], mode="symmetric")
-            views = [padded[:, s + dy:s + dy + IMAGE_SIZE, s + dx:s + dx + IMAGE_SIZE]
-                     for dx, dy in [(0, 0), (s, 0), (-s, 0), (0, s), (0, -s)]]
-        if self.flip:
-            views += [v[:, :, ::-1] for v in views]
-        return np.concatenate(views).astype(np.float32)
+        self.tta, self.batch = tta, None
 
     def __call__(self, x):
         x = np.asarray(x)
-        batch = self.views(x)
+        batch = np.concatenate(tta_views(x, self.tta)).astype(np.float32)
         if self.batch != batch.shape:
             self.interpreter.resize_tensor_input(self.input, batch.shape)
             with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."

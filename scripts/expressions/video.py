@@ -100,3 +100,45 @@ class SecondSummary:
         rows = [(i, np.mean(ps, axis=0), self.boxes[i], len(ps)) for i, ps in self.proba.items()
                 if len(ps) >= self.MIN_SHARE * self.frames]
         return sorted(rows, key=lambda r: (-r[3], r[0]))
+
+
+def tile_videos(sources, path, size=(640, 480), grid=(3, 2), seconds=10.0, fps=30.0):
+    """A video of several faces at once, made from one-face videos: each (file, start
+    second, mirrored) of `sources` fills one cell of a `grid` (columns, rows) in frames of
+    `size`, scaled to fit its cell on grey. Writes `seconds` of video to `path`."""
+    import cv2
+    cols, rows = grid
+    if len(sources) > cols * rows:
+        raise UserError(f"{len(sources)} videos do not fit a {cols}x{rows} grid")
+    cell_w, cell_h = size[0] // cols, size[1] // rows
+    caps = []
+    for file, start, _ in sources:
+        cap = open_video(str(file))
+        if cap is None:
+            raise UserError(f"cannot read video {file}")
+        cap.set(cv2.CAP_PROP_POS_MSEC, start * 1000)
+        caps.append(cap)
+    out = VideoFile(path, fps)
+    try:
+        for _ in range(int(seconds * fps)):
+            canvas = np.full((size[1], size[0], 3), 128, np.uint8)
+            for n, (cap, (file, start, mirrored)) in enumerate(zip(caps, sources)):
+                ok, frame = cap.read()
+                if not ok:  # a short clip starts again
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    ok, frame = cap.read()
+                scale = min(cell_w / frame.shape[1], cell_h / frame.shape[0])
+                frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+                if mirrored:
+                    frame = frame[:, ::-1]
+                h, w = frame.shape[:2]
+                x0 = n % cols * cell_w + (cell_w - w) // 2
+                y0 = n // cols * cell_h + (cell_h - h) // 2
+                canvas[y0:y0 + h, x0:x0 + w] = frame
+            out.write(canvas)
+        out.close()
+    finally:
+        out.close(keep=False)
+        for cap in caps:
+            cap.release()
+    return Path(path)

@@ -1,0 +1,178 @@
+"""The web app under load, beside the same work in one process, measured in one run.
+
+    python scripts/benchmark_server.py          # about a minute
+
+1. Starts serve.py on a free port of 127.0.0.1 (its defaults: flip, TensorFlow Lite).
+2. One client posts a 640x480 face photo to POST /api/predict, one request at a time
+   (the latency of a lone request), taking turns with 4: the host's speed drifts.
+3. --clients clients (50) post the same photo for --seconds (30), each sending its next
+   request when its answer arrives: requests per second, latency percentiles, errors,
+   and the server's memory (resident set) before and after.
+4. The same photo through the pipeline predict.py runs (detect, crop, classify, the same
+   prediction mode), in this process, one photo after another: what HTTP costs on top.
+Traffic goes to 127.0.0.1 only; every loop is bounded by time and count. Writes
+results/benchmarks/server.json and server.md.
+"""
+import argparse
+import asyncio
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from expressions import RESULTS_DIR, UserError, machine, run_cli
+from expressions import browser
+from expressions import model as nets
+from expressions.outputs import check_folder, write_json, write_text
+from expressions.pipeline import EmotionReader
+
+MAX_REQUESTS = 200_000  # a bound on any loop, whatever --seconds says
+ROUNDS, TURN_SECONDS = 3, 4  # the lone client and the in-process pipeline take turns
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", type=int, default=50, help="concurrent clients (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=30, help="length of the load run (default: %(default)s)")
+    p.add_argument("--tta", choices=nets.TTA_MODES, default="flip",
+                   help="prediction mode of the server and of the in-process run (default: %(default)s, serve.py's)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "benchmarks",
+                   help="folder for server.json and server.md (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def face_photo():
+    """A 640x480 JPEG with one face: scikit-image's astronaut (Eileen Collins, public
+    domain) on a grey canvas."""
+    import cv2
+    from skimage import data
+    face = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)[:480]
+    canvas = np.full((480, 640, 3), 128, np.uint8)
+    canvas[:, 64:576] = cv2.resize(face, (512, 480))
+    return canvas, cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+def rss_mb(pid, field="VmRSS"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def load(url, photo, clients, seconds):
+    """`clients` loops posting `photo` until `seconds` pass: (latencies in s, status codes)."""
+    import httpx
+    latencies, statuses = [], []
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        async def one_client():
+            while time.perf_counter() < deadline and len(statuses) < MAX_REQUESTS:
+                start = time.perf_counter()
+                try:
+                    response = await client.post("/api/predict", files={"image": ("face.jpg", photo, "image/jpeg")})
+                    ok = response.status_code == 200 and len(response.json()["faces"]) == 1
+                    statuses.append(response.status_code if ok else -response.status_code)
+                except httpx.HTTPError:
+                    statuses.append(0)
+                latencies.append(time.perf_counter() - start)
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+    return np.array(latencies), statuses
+
+
+def summary(latencies, statuses, seconds):
+    ms = latencies * 1000
+    return {"requests": len(statuses), "errors": sum(s != 200 for s in statuses),
+            "requests_per_second": len(statuses) / seconds, "p50_ms": float(np.percentile(ms, 50)),
+            "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)),
+            "max_ms": float(ms.max())}
+
+
+class InProcess:
+    """predict.py's pipeline on the photo in this process, one photo after another."""
+
+    def __init__(self, image, tta):
+        self.image, self.reader, self.times = image, EmotionReader(nets.frame_predictor("own", tta)[0]), []
+        self.reader(image, still=True)
+
+    def run(self, seconds):
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline and len(self.times) < MAX_REQUESTS:
+            start = time.perf_counter()
+            faces, _, _ = self.reader(self.image, still=True)
+            self.times.append(time.perf_counter() - start)
+            if len(faces) != 1:
+                raise UserError("the benchmark photo should show one face")
+
+    def summary(self):
+        ms = np.array(self.times) * 1000
+        return {"photos": len(ms), "photos_per_second": float(len(ms) / (ms.sum() / 1000)),
+                "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
+
+
+def write_markdown(r, path):
+    lone, loaded, local = r["one_client"], r["load"], r["in_process"]
+    lines = [f"Measured {r['date']} on {r['machine']['cpu']} ({r['machine']['cores']} cores), by `{r['command']}`; "
+             f"POST /api/predict with a 640x480 JPEG of one face, prediction mode {r['tta']}, "
+             f"runtime {r['runtime']}.", "",
+             "| | requests | per second | p50 ms | p95 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|",
+             f"| 1 client, one request at a time ({ROUNDS} x {TURN_SECONDS} s) | {lone['requests']} | "
+             f"{lone['requests_per_second']:.1f} | {lone['p50_ms']:.1f} | {lone['p95_ms']:.1f} | {lone['p99_ms']:.1f} "
+             f"| {lone['errors']} |",
+             f"| **{r['clients']} clients at once ({r['seconds']:g} s)** | {loaded['requests']} | "
+             f"**{loaded['requests_per_second']:.1f}** | {loaded['p50_ms']:.0f} | {loaded['p95_ms']:.0f} | "
+             f"{loaded['p99_ms']:.0f} | **{loaded['errors']}** |",
+             f"| predict.py's pipeline in one process, no HTTP ({ROUNDS} x {TURN_SECONDS} s, taking turns with "
+             f"the row above) | {local['photos']} | "
+             f"{local['photos_per_second']:.1f} | {local['p50_ms']:.1f} | {local['p95_ms']:.1f} | | |", "",
+             f"Server memory (resident): {r['memory_mb']['start']:.0f} MB after start-up, "
+             f"{r['memory_mb']['end']:.0f} MB after the load run (peak {r['memory_mb']['peak']:.0f} MB).", "",
+             f"HTTP on top of the pipeline: {lone['p50_ms'] - local['p50_ms']:.1f} ms per lone request "
+             f"(median); under load the server answers {loaded['requests_per_second'] / local['photos_per_second']:.0%} "
+             "as many photos per second as the pipeline alone.", ""]
+    write_text(path, "\n".join(lines))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.clients < 1 or args.seconds <= 0:
+        raise UserError("--clients and --seconds must be positive")
+    check_folder(args.out)
+    image, photo = face_photo()
+    results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "command": "python scripts/benchmark_server.py " + " ".join(sys.argv[1:]), "machine": machine(),
+               "clients": args.clients, "seconds": args.seconds, "tta": args.tta}
+    with browser.running_server("--tta", args.tta) as (url, process):
+        import httpx
+        health = httpx.get(url + "/api/health").json()
+        results["runtime"] = health["runtime"]
+        # The lone client and the in-process pipeline take turns, so both see the same host.
+        print(f"1/2 one client, and the same photo in this process, {ROUNDS} turns of {TURN_SECONDS} s each", flush=True)
+        local = InProcess(image, args.tta)
+        asyncio.run(load(url, photo, 1, 2))  # warm-up
+        memory_start = rss_mb(process.pid)
+        lone_latencies, lone_statuses = [], []
+        for _ in range(ROUNDS):
+            latencies, statuses = asyncio.run(load(url, photo, 1, TURN_SECONDS))
+            lone_latencies += list(latencies)
+            lone_statuses += statuses
+            local.run(TURN_SECONDS)
+        results["one_client"] = summary(np.array(lone_latencies), lone_statuses, ROUNDS * TURN_SECONDS)
+        results["in_process"] = local.summary()
+        print(f"2/2 {args.clients} clients, {args.seconds:g} s", flush=True)
+        started = time.perf_counter()
+        latencies, statuses = asyncio.run(load(url, photo, args.clients, args.seconds))
+        results["load"] = summary(latencies, statuses, time.perf_counter() - started)
+        results["memory_mb"] = {"start": memory_start, "end": rss_mb(process.pid), "peak": rss_mb(process.pid, "VmHWM")}
+    for name in ("one_client", "load", "in_process"):
+        print(f"  {name}: {results[name]}")
+    write_json(args.out / "server.json", results)
+    write_markdown(results, args.out / "server.md")
+    print(f"wrote {args.out / 'server.json'} and server.md")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(sys.argv[1:]))
