@@ -235,15 +235,26 @@ needs_browser = pytest.mark.skipif(browser.find_chromium() is None,
 
 @needs_shared
 @needs_browser
-def test_the_page_in_chromium_shows_the_webcam_face_and_annotates_a_photo(tmp_path):
+def test_the_page_in_chromium_shows_the_webcam_face_and_reads_photos_and_videos(tmp_path):
     pytest.importorskip("playwright", reason="playwright is not installed (pip install -r requirements.txt)")
     camera = browser.write_y4m(SHARED / "media" / "fer_woman2.mp4", tmp_path / "camera.y4m", seconds=3)
-    with browser.running_server() as (url, _), browser.browser_with_fake_webcam(camera) as page:
-        shown = browser.watch_live_page(page, url, seconds=2.5)
-        photo = browser.upload_photo(page, sorted(PHOTOS.glob("*.jpg"))[0])
+    clip = write_video(tmp_path / "clip.mp4", [astronaut_bgr()] * 20, fps=10)
+    with browser.running_server() as (url, _):
+        with browser.browser_with_fake_webcam(camera) as page:
+            shown = browser.watch_live_page(page, url, seconds=2.5)
+            photo = browser.upload_photo(page, sorted(PHOTOS.glob("*.jpg"))[0])
+            video = browser.upload_video(page, clip)
+        with browser.browser_with_fake_webcam(None) as page:  # a machine without a camera
+            page.goto(url)
+            page.click("#start-camera")
+            page.wait_for_function("document.getElementById('camera-message').innerText.includes('camera')")
+            no_camera = page.inner_text("#camera-message")
     assert shown["title"] == "Probabilities, face 1" and shown["top_emotion"] in EMOTIONS
     assert shown["overlay_pixels"] > 500  # the box and its label are drawn over the video
     assert shown["second_rows"] and all(row.split("\t")[2] in EMOTIONS for row in shown["second_rows"])
     assert shown["message"] == ""
     assert photo["image"].startswith("data:image/jpeg;base64,") and len(photo["rows"]) == 1
     assert photo["rows"][0].split("\t")[2] in EMOTIONS
+    assert video["message"].startswith("20 frames, 2 seconds") and len(video["rows"]) == 2
+    assert video["links"][0].endswith("/timeline.csv") and video["links"][1].endswith("/annotated.mp4")
+    assert "No camera found" in no_camera or "refused" in no_camera

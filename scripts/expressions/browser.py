@@ -89,15 +89,16 @@ def running_server(*args, port=None, timeout=60):
 
 @contextlib.contextmanager
 def browser_with_fake_webcam(y4m):
-    """A headless Chromium page whose webcam plays `y4m`, camera permission granted."""
+    """A headless Chromium page whose webcam plays `y4m`, camera permission granted; with
+    y4m None, a page on a machine without a camera."""
     from playwright.sync_api import sync_playwright
     chromium = find_chromium()
     if chromium is None:
         raise UserError("no Chromium found: apt-get install chromium")
+    camera = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+              f"--use-file-for-fake-video-capture={y4m}"] if y4m else []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-video-capture={y4m}"])
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", *camera])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             yield page
@@ -137,3 +138,14 @@ def upload_photo(page, photo, timeout=30.0):
     return {"image": page.get_attribute("#photo-result", "src")[:40],
             "rows": page.eval_on_selector_all("#photo-faces tbody tr", "rows => rows.map(r => r.innerText)"),
             "message": page.inner_text("#photo-message")}
+
+
+def upload_video(page, video, timeout=60.0):
+    """The Video tab: upload `video`, wait for the download links; returns the message, the
+    per-second rows and the two links."""
+    page.click("button.tab[data-tab=video]")
+    page.set_input_files("#video-file", str(video))
+    page.wait_for_selector("#video-links:not([hidden])", timeout=timeout * 1000)
+    return {"message": page.inner_text("#video-message"),
+            "rows": page.eval_on_selector_all("#video-seconds tbody tr", "rows => rows.map(r => r.innerText)"),
+            "links": [page.get_attribute("#video-csv", "href"), page.get_attribute("#video-annotated", "href")]}
