@@ -11,27 +11,32 @@ from expressions import model as nets
 from hack_the_cnn import HACK_DIR
 
 
-def test_attack_reaches_a_chosen_target_within_the_bound():
+def test_attack_reaches_a_chosen_target_in_every_mode_within_the_bound():
     model = nets.load_model()
     x0 = cv2.imread(str(HACK_DIR / "input_image.png"), cv2.IMREAD_GRAYSCALE)
     target = EMOTIONS.index("Angry")
-    x1, flipped = hack_the_cnn.attack(model, x0, target, eps=4, steps=150, tta=nets.DEFAULT_TTA)
-    assert flipped
+    x1, ok = hack_the_cnn.attack(model, x0, target, eps=4, steps=150, min_probability=0.4, min_lead=0.1)
+    assert ok
     assert np.abs(x1.astype(int) - x0.astype(int)).max() <= 4
-    p = nets.make_predictor(model, nets.DEFAULT_TTA)(x1[None, ..., None]).numpy()[0]
-    assert int(np.argmax(p)) == target
+    for mode in nets.TTA_MODES:
+        p = nets.make_predictor(model, mode)(x1[None, ..., None]).numpy()[0]
+        assert int(np.argmax(p)) == target and p[target] >= 0.4 and p[target] - np.sort(p)[-2] >= 0.1, (mode, p)
 
 
-def test_committed_hack_reloads_as_happy_and_sad():
+def test_committed_hack_reloads_as_happy_and_sad_in_every_mode():
     report = json.loads((HACK_DIR / "hack.json").read_text())
     x0 = cv2.imread(str(HACK_DIR / "input_image.png"), cv2.IMREAD_UNCHANGED)
     x1 = cv2.imread(str(HACK_DIR / "hacked_image.png"), cv2.IMREAD_UNCHANGED)
     assert x0.shape == x1.shape == (48, 48) and x0.dtype == np.uint8
     linf = np.abs(x1.astype(int) - x0.astype(int)).max()
     assert 0 < linf <= report["epsilon"] == report["linf"]
-    p = nets.make_predictor(nets.load_model(), report["tta"])(np.stack([x0, x1])[..., None]).numpy()
-    assert EMOTIONS[int(np.argmax(p[0]))] == "Happy"
-    assert EMOTIONS[int(np.argmax(p[1]))] == "Sad"
+    model = nets.load_model()
+    for mode in nets.TTA_MODES:
+        p = nets.make_predictor(model, mode)(np.stack([x0, x1])[..., None]).numpy()
+        assert EMOTIONS[int(np.argmax(p[0]))] == "Happy"
+        sad = p[1][EMOTIONS.index("Sad")]
+        assert sad >= report["min_probability"] and sad - np.sort(p[1])[-2] >= report["min_lead"], (mode, p[1])
+        assert np.allclose(p[1], list(report["probabilities_after"][mode].values()), atol=1e-4)
 
 
 def test_bad_input(tmp_path):

@@ -11,6 +11,7 @@
     expressions.pipeline detect, crop, classify; stable ids and per-second records of a stream; drawing
     expressions.video    video capture and writing, the per-second summary of a stream
     expressions.plots    the figures
+    expressions.calibration  one temperature for honest probabilities; ECE and NLL
     expressions.web      the web app and HTTP API of serve.py (static/ holds its page)
     expressions.browser  the web app in headless Chromium with a fake webcam (its test and screenshot)
 

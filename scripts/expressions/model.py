@@ -141,18 +141,10 @@ def make_predictor(model, tta=DEFAULT_TTA):
     Calling the model inside a tf.function avoids model.predict's large per-call cost
     (about 50 ms), which matters for video."""
     tf, _ = import_tensorflow()
-    flip, shift = TTA_MODES[tta]
-    offsets = [(0, 0)] + ([(shift, 0), (-shift, 0), (0, shift), (0, -shift)] if shift else [])
 
     @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32)])
     def predict_float(x):  # one trace for every batch size
-        views = [x]
-        if shift:
-            padded = tf.pad(x, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode="SYMMETRIC")
-            views = [padded[:, shift + dy:shift + dy + IMAGE_SIZE, shift + dx:shift + dx + IMAGE_SIZE]
-                     for dx, dy in offsets]
-        if flip:
-            views += [tf.reverse(v, axis=[2]) for v in views]
+        views = tta_views(x, tta, tf)
         n = tf.shape(x)[0]
         p = tf.cast(model(tf.concat(views, 0), training=False), tf.float32)
         return tf.reduce_mean(tf.reshape(p, [len(views), n, len(EMOTIONS)]), axis=0)
@@ -163,17 +155,19 @@ def make_predictor(model, tta=DEFAULT_TTA):
     return predict
 
 
-def tta_views(x, tta):
-    """The views of images [n,48,48,1] that a `tta` mode averages over, as numpy arrays
-    (what make_predictor computes inside its tf.function)."""
+def tta_views(x, tta, ops=np):
+    """The views of images [n,48,48,1] that a `tta` mode averages over: the image, its
+    shifts by the mode's pixels (mirror-padded), then the mirror of each. ops=np for numpy
+    arrays (TensorFlow Lite's fast path), ops=tf for tensors (differentiable)."""
     flip, s = TTA_MODES[tta]
     views = [x]
     if s:
-        padded = np.pad(x, [(0, 0), (s, s), (s, s), (0, 0)], mode="symmetric")
+        padding = [(0, 0), (s, s), (s, s), (0, 0)]
+        padded = np.pad(x, padding, mode="symmetric") if ops is np else ops.pad(x, padding, mode="SYMMETRIC")
         views = [padded[:, s + dy:s + dy + IMAGE_SIZE, s + dx:s + dx + IMAGE_SIZE]
                  for dx, dy in [(0, 0), (s, 0), (-s, 0), (0, s), (0, -s)]]
     if flip:
-        views += [v[:, :, ::-1] for v in views]
+        views += [v[:, :, ::-1] if ops is np else ops.reverse(v, axis=[2]) for v in views]
     return views
 
 

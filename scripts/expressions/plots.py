@@ -1,5 +1,5 @@
-"""The figures: class distribution, learning curves, confusion matrix, emotion timeline.
-Each takes plain data and a path, and writes the PNG atomically."""
+"""The figures: class distribution, learning curves, confusion matrix, emotion timeline,
+reliability diagram. Each takes plain data and a path, and writes the PNG atomically."""
 from __future__ import annotations
 
 import numpy as np
@@ -105,5 +105,27 @@ def timeline(rows, path, seconds):
         ax.set_xlabel("second")
         ax.legend(loc="upper left", fontsize=7, ncol=7)
         ax2.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+
+
+def reliability_diagram(panels, path, title):
+    """One panel per prediction mode: accuracy against confidence in equal-width bins,
+    before and after calibration. panels: {mode: {"before": rows, "after": rows,
+    "ece_before": e, "ece_after": e}}, rows as calibration.reliability gives them."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.6), squeeze=False)
+    for ax, (mode, panel) in zip(axes[0], panels.items()):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
+        for key, colour, label in (("before", "tab:orange", "before"), ("after", "tab:blue", "after")):
+            rows = [r for r in panel[key] if r[2] > 0]
+            ax.plot([r[0] for r in rows], [r[1] for r in rows], "o-", color=colour, ms=4,
+                    label=f"{label}: ECE {panel['ece_' + key]:.1%}")
+        ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (the top probability)")
+        ax.set_title(f"--tta {mode}")
+        ax.legend(fontsize=8, loc="upper left")
+    axes[0][0].set_ylabel("accuracy in the bin")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)

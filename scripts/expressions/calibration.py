@@ -1,0 +1,82 @@
+"""Honest probabilities: one temperature T fitted on the validation split, folded into the
+model's last layer (softmax(z / T) is the softmax of a Dense layer whose kernel and bias
+are divided by T), and the figures that show whether it helped: expected calibration
+error and negative log-likelihood."""
+from __future__ import annotations
+
+import numpy as np
+
+from .model import predict_in_batches, tta_views
+
+ECE_BINS = 15
+
+
+def view_log_probabilities(model, x, tta):
+    """log-probabilities [views, n, 7] of each view a `tta` mode averages over."""
+    return np.stack([np.log(np.clip(predict_in_batches(model, v, "none"), 1e-12, 1)) for v in tta_views(x, tta)])
+
+
+def with_temperature(view_log_p, t):
+    """The mode's probabilities [n, 7] if every view's logits were divided by t."""
+    z = view_log_p / t
+    z -= z.max(-1, keepdims=True)
+    p = np.exp(z)
+    return (p / p.sum(-1, keepdims=True)).mean(0)
+
+
+def nll(p, y):
+    return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean())
+
+
+def ece(p, y, bins=ECE_BINS):
+    """Expected calibration error: the mean |accuracy - confidence| over equal-width
+    confidence bins, weighted by the share of images in each."""
+    confidence, correct = p.max(1), p.argmax(1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (confidence > lo) & (confidence <= hi)
+        if m.any():
+            total += m.mean() * abs(correct[m].mean() - confidence[m].mean())
+    return float(total)
+
+
+def reliability(p, y, bins=ECE_BINS):
+    """Per bin: (mean confidence, accuracy, count), for the reliability diagram."""
+    confidence, correct = p.max(1), p.argmax(1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (confidence > lo) & (confidence <= hi)
+        rows.append((float(confidence[m].mean()) if m.any() else (lo + hi) / 2,
+                     float(correct[m].mean()) if m.any() else 0.0, int(m.sum())))
+    return rows
+
+
+def fit_temperature(view_log_p, y):
+    """The T in [0.05, 20] that minimises the negative log-likelihood of the mode's averaged
+    probabilities (golden-section search on log T; the NLL is unimodal in T)."""
+    lo, hi = np.log(0.05), np.log(20.0)
+    g = (np.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(with_temperature(view_log_p, np.exp(a)), y), nll(with_temperature(view_log_p, np.exp(b)), y)
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(with_temperature(view_log_p, np.exp(a)), y)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(with_temperature(view_log_p, np.exp(b)), y)
+    return float(np.exp((lo + hi) / 2))
+
+
+def fold_temperature(model, t):
+    """Divide the last layer's kernel and bias by t, in place: the model then outputs
+    softmax(z / t)."""
+    layer = model.layers[-1]
+    if getattr(layer, "activation", None) is None or layer.activation.__name__ != "softmax":
+        raise ValueError(f"the last layer of {model.name} is not a softmax Dense layer")
+    layer.set_weights([w / t for w in layer.get_weights()])
+    return model
