@@ -247,7 +247,7 @@ def test_the_page_in_chromium_shows_the_webcam_face_and_reads_photos_and_videos(
         with browser.browser_with_fake_webcam(None) as page:  # a machine without a camera
             page.goto(url)
             page.click("#start-camera")
-            page.wait_for_function("document.getElementById('camera-message').innerText.includes('camera')")
+            page.wait_for_function("!document.getElementById('camera-message').innerText.startsWith('Press')")
             no_camera = page.inner_text("#camera-message")
     assert shown["title"] == "Probabilities, face 1" and shown["top_emotion"] in EMOTIONS
     assert shown["overlay_pixels"] > 500  # the box and its label are drawn over the video
