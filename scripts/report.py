@@ -1,7 +1,7 @@
 """Rewrite the reports of a finished model: test figures (metrics.json), confusion matrix,
 learning curves, history.csv and the architecture text, the same files train.py writes
-at the end of a run. Reads the model and the run's metrics.json and history.csv from the
-model's folder.
+at the end of a run (or ensemble.py, for an ensemble: no history of its own). Reads the
+model and the run's metrics.json and history.csv from the model's folder.
 
     python scripts/report.py                          # the committed model, results/model/
     python scripts/report.py --model results/model_w24/my_own_model.pkl
@@ -35,9 +35,9 @@ def main(argv=None):
     model = nets.load_model(path)
     try:
         metrics = json.loads(reports.artifact(out, name, "metrics.json").read_text())
-        history = pd.read_csv(reports.artifact(out, name, "history.csv"))
+        history = None if "members" in metrics else pd.read_csv(reports.artifact(out, name, "history.csv"))
     except (OSError, ValueError) as err:
-        raise UserError(f"the reports need the metrics.json and history.csv that train.py wrote beside {path}: "
+        raise UserError(f"the reports need the metrics.json and history.csv that train.py (or ensemble.py) wrote beside {path}: "
                         f"{err}") from None
     data = fer2013.load_prepared(args.data_dir) if not args.no_evaluate else None
     reports.write_reports(model, metrics, history, data, out, name, evaluate_test=not args.no_evaluate)

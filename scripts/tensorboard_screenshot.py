@@ -1,4 +1,6 @@
-"""Screenshot of a real TensorBoard serving the training logs (results/model/tensorboard.png).
+"""Screenshot of a real TensorBoard serving the training logs (results/model/tensorboard.png):
+by default those of the committed model's members, in results/model/runs/*_tensorboard,
+drawn as one run each.
 
 Starts TensorBoard on 127.0.0.1, opens it in headless Chromium (Debian: apt-get install
 chromium), saves the page as a PNG and stops TensorBoard. A developer tool, not used in CI.
@@ -20,7 +22,7 @@ from expressions.outputs import atomic_path, check_file
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logdir", type=Path, default=MODEL_DIR / "tensorboard",
+    p.add_argument("--logdir", type=Path, default=MODEL_DIR / "runs",
                    help="TensorBoard log folder (default: %(default)s)")
     p.add_argument("--out", type=Path, default=MODEL_DIR / "tensorboard.png", help="(default: %(default)s)")
     p.add_argument("--chromium", default=find_chromium(),

@@ -19,7 +19,7 @@ def test_the_fit_recovers_a_known_temperature():
     p = np.exp(logits / true_t)
     p /= p.sum(1, keepdims=True)
     y = np.array([rng.choice(7, p=row) for row in p])  # labels drawn from the tempered probabilities
-    view_log_p = np.log(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))[None]
+    view_log_p = np.log(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))[None, None]  # 1 view, 1 member
     assert calibration.fit_temperature(view_log_p, y) == pytest.approx(true_t, rel=0.05)
     before = calibration.with_temperature(view_log_p, 1.0)
     after = calibration.with_temperature(view_log_p, true_t)
@@ -56,6 +56,6 @@ def test_calibrate_reports_then_folds_the_temperature(tiny_model, prepared_data,
     folded = run_script("calibrate.py", "--model", model, "--data-dir", prepared_data, "--out", tmp_path)
     assert folded.returncode == 0, folded.stderr[-2000:]
     t = json.loads((tmp_path / "calibration.json").read_text())["temperature"]
-    expected = calibration.with_temperature(np.log(p_before)[None], t)
+    expected = calibration.with_temperature(np.log(p_before)[None, None], t)
     assert np.allclose(nets.predict_in_batches(nets.load_model(model), x, "none"), expected, atol=1e-4)
     assert "export_tflite.py" in folded.stdout

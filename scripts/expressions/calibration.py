@@ -1,27 +1,30 @@
 """Honest probabilities: one temperature T fitted on the validation split, folded into the
 model's last layer (softmax(z / T) is the softmax of a Dense layer whose kernel and bias
-are divided by T), and the figures that show whether it helped: expected calibration
-error and negative log-likelihood."""
+are divided by T; in an ensemble, into each member's last layer, before their
+probabilities are averaged), and the figures that show whether it helped: expected
+calibration error and negative log-likelihood."""
 from __future__ import annotations
 
 import numpy as np
 
-from .model import predict_in_batches, tta_views
+from .model import ensemble_members, predict_in_batches, tta_views
 
 ECE_BINS = 15
 
 
 def view_log_probabilities(model, x, tta):
-    """log-probabilities [views, n, 7] of each view a `tta` mode averages over."""
-    return np.stack([np.log(np.clip(predict_in_batches(model, v, "none"), 1e-12, 1)) for v in tta_views(x, tta)])
+    """log-probabilities [views, members, n, 7] of each view a `tta` mode averages over,
+    from each member of an ensemble (one member for a single network)."""
+    return np.stack([np.stack([np.log(np.clip(predict_in_batches(member, v, "none"), 1e-12, 1))
+                               for member in ensemble_members(model)]) for v in tta_views(x, tta)])
 
 
 def with_temperature(view_log_p, t):
-    """The mode's probabilities [n, 7] if every view's logits were divided by t."""
+    """The mode's probabilities [n, 7] if every view's and member's logits were divided by t."""
     z = view_log_p / t
     z -= z.max(-1, keepdims=True)
     p = np.exp(z)
-    return (p / p.sum(-1, keepdims=True)).mean(0)
+    return (p / p.sum(-1, keepdims=True)).mean((0, 1))
 
 
 def nll(p, y):
@@ -73,10 +76,11 @@ def fit_temperature(view_log_p, y):
 
 
 def fold_temperature(model, t):
-    """Divide the last layer's kernel and bias by t, in place: the model then outputs
-    softmax(z / t)."""
-    layer = model.layers[-1]
-    if getattr(layer, "activation", None) is None or layer.activation.__name__ != "softmax":
-        raise ValueError(f"the last layer of {model.name} is not a softmax Dense layer")
-    layer.set_weights([w / t for w in layer.get_weights()])
+    """Divide the last layer's kernel and bias by t, in place (each member's, in an
+    ensemble): the model then outputs softmax(z / t), averaged over members."""
+    for member in ensemble_members(model):
+        layer = member.layers[-1]
+        if getattr(layer, "activation", None) is None or layer.activation.__name__ != "softmax":
+            raise ValueError(f"the last layer of {member.name} is not a softmax Dense layer")
+        layer.set_weights([w / t for w in layer.get_weights()])
     return model

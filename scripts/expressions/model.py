@@ -70,6 +70,27 @@ def build_mobilenet(weights, input_px=96, dropout=0.3):
     return keras.Model(inputs, outputs, name="fer_mobilenet")
 
 
+def build_ensemble(members, name="fer_vgg_ensemble"):
+    """One model that averages the probabilities of several trained models: raw pixels in,
+    7 probabilities out, like each of them, so every script treats it alike. The members
+    keep their weights (renamed member_1, member_2, ...)."""
+    import keras
+    from keras import layers
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")
+    outputs = []
+    for k, member in enumerate(members, start=1):
+        member.name = f"member_{k}"  # two runs of one recipe share a name; Keras needs unique ones
+        outputs.append(member(inputs))
+    return keras.Model(inputs, layers.Average(name="mean_probabilities")(outputs), name=name)
+
+
+def ensemble_members(model):
+    """The models an ensemble averages, or [model] for a single network."""
+    import keras
+    inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return inner if model.layers[-1].name == "mean_probabilities" else [model]
+
+
 def unfreeze_backbone(model):
     """Make the whole backbone trainable, batch normalisation included. Keeping its
     batch-norm layers frozen (the Keras transfer-learning guide's advice for small

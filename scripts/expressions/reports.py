@@ -35,16 +35,19 @@ def evaluate(model, data):
 
 def write_reports(model, metrics, history, data, out, model_name, evaluate_test=True):
     """Write every report of a trained model into `out`. metrics: the run's record (kept
-    epoch, validation accuracy, batch-norm pass, wall time, config, machine); the test
-    figures are added to it when evaluate_test is set (they need data["x_test"])."""
+    epoch, validation accuracy, batch-norm pass, wall time, config, machine), or an
+    ensemble's ("members": each member's record; history None, no learning curves of its
+    own); the test figures are added to it when evaluate_test is set (they need
+    data["x_test"])."""
     if evaluate_test:
         metrics.update(evaluate(model, data))
         best = metrics[f"test_tta_{DEFAULT_TTA}"]
         plots.confusion_matrix(best["confusion_matrix"], artifact(out, model_name, "confusion_matrix.png"),
                                f"test set ({best['n']:,} images), {DEFAULT_TTA} averaging: {best['accuracy']:.1%}")
-    plots.learning_curves(history, metrics["kept_epoch"], artifact(out, model_name, "learning_curves.png"),
-                          metrics.get("batch_norm_pass"))
-    write_text(artifact(out, model_name, "history.csv"), history.to_csv(index=False))
+    if history is not None:
+        plots.learning_curves(history, metrics["kept_epoch"], artifact(out, model_name, "learning_curves.png"),
+                              metrics.get("batch_norm_pass"))
+        write_text(artifact(out, model_name, "history.csv"), history.to_csv(index=False))
     write_json(artifact(out, model_name, "metrics.json"), metrics)
     write_text(Path(out) / f"{model_name}_architecture.txt", architecture_text(model, metrics))
 
@@ -56,23 +59,43 @@ def architecture_text(model, metrics):
     model.summary(print_fn=lambda line, *a, **k: lines.append(line), line_length=100)
     mobilenet = metrics.get("config", {}).get("backbone") == "mobilenet"
     notes = (NOTES_DIR / ("mobilenet.txt" if mobilenet else "cnn.txt")).read_text()
+    if "members" in metrics:
+        run = [f"An ensemble: the mean of {len(metrics['members'])} networks' probabilities, made by "
+               f"{metrics['command']}", "-" * 60]
+        for k, member in enumerate(metrics["members"], start=1):
+            run += [f"member_{k}: {member['model']}, trained by {member['command']}"] + [
+                "  " + line for line in run_lines(member)]
+        run += test_lines(metrics)
+    else:
+        run = run_lines(metrics) + test_lines(metrics)
+        run.insert(0, f"Run that produced this model: {metrics.get('command', 'python scripts/train.py')}")
+        run.insert(1, "-" * 60)
+    tail = "" if mobilenet else ("\nThe variants tried before this one, with their measured figures, are in "
+                                 "iterations.md beside this file.\n")
+    return "Model summary\n-------------\n" + "\n".join(lines) + "\n\n" + notes + "\n" + "\n".join(run) + "\n" + tail
+
+
+def run_lines(metrics):
+    """How one training run went: epochs, kept epoch, batch-norm pass, wall time."""
     bn = metrics.get("batch_norm_pass")
     best_epoch_val = bn["val_accuracy_moving_averages"] if bn else metrics["val_accuracy"]
-    run = [f"Run that produced this model: {metrics.get('command', 'python scripts/train.py')}",
-           "-" * 60,
-           f"epochs run: {metrics['epochs_run']}, kept epoch: {metrics['kept_epoch']} "
+    run = [f"epochs run: {metrics['epochs_run']}, kept epoch: {metrics['kept_epoch']} "
            f"(best validation accuracy {best_epoch_val:.2%})"]
     if bn:
         run.append(f"batch-norm pass (statistics recomputed on the un-augmented training images): validation "
                    f"accuracy {bn['val_accuracy_moving_averages']:.2%} -> {bn['val_accuracy_recomputed']:.2%}, "
                    f"{'kept' if bn['kept'] else 'not kept'}")
-    run.append(f"training wall time: {metrics['train_wall_minutes']:.1f} min on {metrics['machine']['cores']} CPU cores")
+    run.append(f"training wall time: {metrics['train_wall_minutes']:.1f} min on {metrics['machine']['cores']} CPU cores "
+               f"({metrics['machine']['cpu']})")
+    return run
+
+
+def test_lines(metrics):
+    run = []
     for mode in TTA_MODES:
         m = metrics.get(f"test_tta_{mode}")
         if m:
             run.append(f"test accuracy, test-time augmentation {mode}: {m['accuracy']:.2%} on {m['n']:,} images "
                        f"(PublicTest {m['accuracy_PublicTest']:.2%}, PrivateTest {m['accuracy_PrivateTest']:.2%}), "
                        f"macro-F1 {m['macro_f1']:.3f}")
-    tail = "" if mobilenet else ("\nThe variants tried before this one, with their measured figures, are in "
-                                 "iterations.md beside this file.\n")
-    return "Model summary\n-------------\n" + "\n".join(lines) + "\n\n" + notes + "\n" + "\n".join(run) + "\n" + tail
+    return run

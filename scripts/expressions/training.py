@@ -59,22 +59,29 @@ def make_augment(erase_prob, max_rotation_deg=10.0, max_shift=0.1, zoom=0.1):
     return augment
 
 
-def make_datasets(data, batch_size, erase_prob, seed):
-    """Shuffled, augmented training batches and plain validation batches (one-hot labels)."""
+def make_datasets(data, batch_size, erase_prob, seed, teacher_weight=0.0):
+    """Shuffled, augmented training batches and plain validation batches. Targets are
+    one-hot labels, or with teacher_weight w and data["t_train"] (a teacher's
+    probabilities), w * teacher + (1 - w) * one-hot: distillation, whose cross-entropy is
+    the weighted sum of the two losses."""
     import tensorflow as tf
+    n_classes = len(EMOTIONS)
+    y_train = np.eye(n_classes, dtype=np.float32)[data["y_train"].astype(int)]
+    if teacher_weight:
+        y_train = teacher_weight * data["t_train"].astype(np.float32) + (1 - teacher_weight) * y_train
+    y_val = np.eye(n_classes, dtype=np.float32)[data["y_val"].astype(int)]
 
     def to_ds(x, y, train):
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         if train:
             ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size, drop_remainder=train)
-        ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(tf.cast(b, tf.int32), len(EMOTIONS))))
+        ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
         if train:
             ds = ds.map(make_augment(erase_prob), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    return (to_ds(data["x_train"], data["y_train"], True),
-            to_ds(data["x_val"], data["y_val"], False))
+    return to_ds(data["x_train"], y_train, True), to_ds(data["x_val"], y_val, False)
 
 
 # ---------------------------------------------------------------- optimizer

@@ -1,0 +1,110 @@
+"""The committed model's two levers: an ensemble of trained runs in one model file (its
+reports, its calibration folded into every member), and distillation (a teacher's
+probabilities saved once, a student trained on them)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import TINY, assert_clean_error, needs_shared, run_script
+from expressions import calibration
+from expressions import data as fer2013
+from expressions import model as nets
+from expressions import training
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_model, prepared_data, tmp_path_factory):
+    """The session's tiny model and a second tiny run (seed 2), as a folder of members."""
+    folder = tmp_path_factory.mktemp("members")
+    for name in ("my_own_model.pkl", "metrics.json"):
+        shutil.copy(tiny_model[0] / name, folder / ("first.pkl" if name.endswith(".pkl") else "first_metrics.json"))
+    second = run_script("train.py", *TINY, "--epochs", "2", "--seed", "2", "--data-dir", prepared_data,
+                        "--out", folder, "--model-name", "second", "--no-evaluate")
+    assert second.returncode == 0, second.stderr[-2000:]
+    return folder
+
+
+@needs_shared
+def test_ensemble_averages_its_members_reports_and_calibrates(two_runs, prepared_data, tmp_path):
+    out = tmp_path / "my_own_model.pkl"
+    made = run_script("ensemble.py", two_runs / "first.pkl", two_runs / "second.pkl", "--out", out,
+                      "--data-dir", prepared_data)
+    assert made.returncode == 0, made.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [m["model"] for m in metrics["members"]] == [str(two_runs / "first.pkl"), str(two_runs / "second.pkl")]
+    assert metrics["members"][1]["config"]["seed"] == 2 and "test_tta_none" not in metrics["members"][0]
+    for mode in nets.TTA_MODES:
+        assert metrics[f"test_tta_{mode}"]["n"] == 7178
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 10_000
+    text = (tmp_path / "my_own_model_architecture.txt").read_text()
+    assert "member_2: " in text and "trained by python scripts/train.py" in text
+
+    # One model, raw pixels in, the mean of the members' probabilities out.
+    x = fer2013.load_prepared(prepared_data)["x_val"][:64]
+    members = [nets.predict_in_batches(nets.load_model(two_runs / f"{m}.pkl"), x, "none") for m in ("first", "second")]
+    ensemble = nets.load_model(out)
+    assert len(nets.ensemble_members(ensemble)) == 2
+    assert np.allclose(nets.predict_in_batches(ensemble, x, "none"), np.mean(members, 0), atol=1e-5)
+
+    # The temperature goes into each member's logits, before the average.
+    folded = run_script("calibrate.py", "--model", out, "--data-dir", prepared_data, "--out", tmp_path)
+    assert folded.returncode == 0, folded.stderr[-2000:]
+    t = json.loads((tmp_path / "calibration.json").read_text())["temperature"]
+    expected = calibration.with_temperature(np.log(np.stack(members))[None], t)
+    assert np.allclose(nets.predict_in_batches(nets.load_model(out), x, "none"), expected, atol=1e-4)
+
+    # report.py rewrites an ensemble's reports: it has no history of its own.
+    (tmp_path / "my_own_model_architecture.txt").unlink()
+    again = run_script("report.py", "--model", out, "--no-evaluate")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "An ensemble: the mean of 2 networks" in (tmp_path / "my_own_model_architecture.txt").read_text()
+
+
+@needs_shared
+def test_ensemble_bad_input_gets_one_line(two_runs, tmp_path):
+    shutil.copy(two_runs / "second.pkl", tmp_path / "orphan.pkl")  # no metrics beside it
+    assert_clean_error(run_script("ensemble.py", two_runs / "first.pkl", tmp_path / "orphan.pkl",
+                                  "--out", tmp_path / "e.pkl"), "no training record", "orphan_metrics.json")
+    assert_clean_error(run_script("ensemble.py", two_runs / "first.pkl", two_runs / "second.pkl",
+                                  "--out", two_runs / "first.pkl"), "is one of the members")
+    one = run_script("ensemble.py", two_runs / "first.pkl")
+    assert one.returncode == 2 and "two or more" in one.stderr
+
+
+def test_distillation_targets_mix_teacher_and_label():
+    rng = np.random.default_rng(0)
+    teacher = rng.dirichlet(np.ones(7), 8).astype(np.float32)
+    data = {"x_train": rng.integers(0, 256, (8, 48, 48, 1), dtype=np.uint8), "y_train": np.arange(8) % 7,
+            "x_val": np.zeros((2, 48, 48, 1), np.uint8), "y_val": np.array([0, 1]), "t_train": teacher}
+    train_ds, _ = training.make_datasets(data, 8, 0.0, seed=0, teacher_weight=0.7)
+    _, targets = next(iter(train_ds))
+    expected = 0.7 * teacher + 0.3 * np.eye(7)[data["y_train"]]
+    # Shuffled: compare as sets of rows.
+    assert np.allclose(np.sort(targets.numpy(), 0), np.sort(expected, 0), atol=1e-6)
+
+
+@needs_shared
+def test_teacher_targets_then_a_distilled_student(tiny_model, prepared_data, tmp_path):
+    targets = tmp_path / "teacher.npz"
+    made = run_script("teacher_targets.py", "--model", tiny_model[0] / "my_own_model.pkl", "--tta", "flip",
+                      "--data-dir", prepared_data, "--out", targets)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert "agrees with the training label" in made.stdout
+    with np.load(targets) as npz:
+        p = npz["probabilities"]
+    assert p.shape == (25837, 7) and np.allclose(p.sum(1), 1, atol=1e-4)
+
+    student = run_script("train.py", *TINY, "--epochs", "1", "--teacher", targets, "--data-dir", prepared_data,
+                         "--out", tmp_path / "student", "--no-evaluate", "--no-batch-norm-pass")
+    assert student.returncode == 0, student.stderr[-2000:]
+    config = json.loads((tmp_path / "student" / "metrics.json").read_text())["config"]
+    assert config["teacher"] == str(targets) and config["teacher_weight"] == 0.7
+
+    # Targets made for other images are refused, in one line.
+    np.savez(tmp_path / "other.npz", probabilities=p, x_train_sha256="0" * 16)
+    assert_clean_error(run_script("train.py", *TINY, "--epochs", "1", "--teacher", tmp_path / "other.npz",
+                                  "--data-dir", prepared_data, "--out", tmp_path / "s2"), "other training images")
+    assert_clean_error(run_script("train.py", *TINY, "--teacher", tmp_path / "missing.npz",
+                                  "--data-dir", prepared_data, "--out", tmp_path / "s3"), "teacher_targets.py")
