@@ -45,12 +45,19 @@ def parse_args(argv=None):
                    help="the target's probability the hacked image must reach in every mode (default: %(default)s)")
     p.add_argument("--min-lead", type=float, default=0.2,
                    help="how far the target must lead every other class in every mode (default: %(default)s)")
+    p.add_argument("--survey", action="store_true",
+                   help="instead of one photo, attack every face of scikit-image's lfw_subset() (100 faces of "
+                        "Labeled Faces in the Wild, 25x25, upscaled to 48x48) that the model reads as "
+                        "--source-class, side by side, and report how many are fooled at each epsilon "
+                        "(survey.json, survey.png); --steps 300 keeps it to minutes (default: off)")
     add_detector_option(p)
     add_crop_option(p)
     p.add_argument("--out", type=Path, default=HACK_DIR, help="output folder (default: %(default)s)")
     args = p.parse_args(argv)
     if args.target == args.source_class:
         p.error(f"--target must differ from --source-class (both are {args.target})")
+    if args.survey and args.image:
+        p.error("--survey attacks its own faces: it takes no --image")
     return args
 
 
@@ -68,54 +75,147 @@ def face_from(args):
     return crop_face(to_gray(image), faces[0], args.crop), name
 
 
+# The views of predict.py's 10-view mode: 0 is the image itself, 5 its mirror.
+MODE_VIEWS = {"none": [0], "flip": [0, 5], "flip+shift": list(range(10))}
+
+
 def fooled(p, target, min_probability, min_lead):
-    """Whether probabilities [7] put `target` at min_probability or more, min_lead ahead."""
-    others = np.delete(p, target)
-    return p[target] >= min_probability and p[target] - others.max() >= min_lead
+    """Whether probabilities [..., 7] put `target` at min_probability or more, min_lead
+    ahead of every other class (numpy or TensorFlow, one verdict per row)."""
+    p_target = p[..., target]
+    p_other = (p * (1 - _one_hot(target))).max(-1) if isinstance(p, np.ndarray) else \
+        _tf().reduce_max(p * (1 - _one_hot(target)), -1)
+    return (p_target >= min_probability) & (p_target - p_other >= min_lead)
+
+
+def _one_hot(k):
+    return np.eye(len(EMOTIONS), dtype=np.float32)[k]
+
+
+def _tf():
+    import tensorflow as tf
+    return tf
 
 
 def attack(model, x0, target, eps, steps, min_probability=0.5, min_lead=0.2):
     """PGD toward `target` within +-eps grey levels that fools every prediction mode at
-    once. One call of the model on predict.py's 10 views gives all three modes (view 0 is
-    the single pass, views 0 and 5 the mirror pair). The loss is the target's
-    cross-entropy on every view (so no view is left behind) plus, per mode, hinges on both
-    conditions with a little slack (so that rounding to 8 bits keeps them). Sign steps with
-    momentum, shrinking from eps/4 to eps/40. Returns the rounded uint8 image and whether it
-    meets the conditions in every mode, checked at every step."""
-    import tensorflow as tf
-    x0 = tf.constant(x0[None, ..., None], tf.float32)
+    once, for one face [48,48] or a batch [n,48,48] (uint8) attacked side by side. One call
+    of the model on predict.py's 10 views gives all three modes. The loss is, per mode,
+    the target's cross-entropy plus hinges on both conditions with a little slack (so that
+    rounding to 8 bits keeps them). Sign steps with momentum, shrinking from eps/4 to
+    eps/40. After every step the rounded image is checked in every mode; a face that passes
+    is kept as it was then. Returns the rounded uint8 face(s) and whether each passed."""
+    tf = _tf()
+    single = x0.ndim == 2
+    x0 = tf.constant(np.asarray(x0, np.float32).reshape(-1, *x0.shape[-2:], 1))
     delta = tf.Variable(tf.zeros_like(x0))
-    is_target = tf.one_hot(target, len(EMOTIONS)) > 0
-    modes = {"none": [0], "flip": [0, 5], "flip+shift": list(range(10))}
+    momentum = tf.Variable(tf.zeros_like(x0))
+    done = tf.Variable(tf.zeros([x0.shape[0]], tf.bool))
     slack = 0.03
 
     def mode_probabilities(x):
-        views = tf.concat(nets.tta_views(x, "flip+shift", tf), 0)
-        p = tf.cast(model(views, training=False), tf.float32)
-        return p, {mode: tf.reduce_mean(tf.gather(p, idx), 0) for mode, idx in modes.items()}
+        views = nets.tta_views(x, "flip+shift", tf)
+        p = tf.reshape(tf.cast(model(tf.concat(views, 0), training=False), tf.float32),
+                       [len(views), -1, len(EMOTIONS)])
+        return {mode: tf.reduce_mean(tf.gather(p, idx), 0) for mode, idx in MODE_VIEWS.items()}
 
-    def all_fooled(x):
-        _, means = mode_probabilities(x)
-        return all(fooled(p.numpy(), target, min_probability, min_lead) for p in means.values())
-
-    momentum = tf.zeros_like(x0)
-    for step in range(steps):
+    @tf.function
+    def step(alpha):
         with tf.GradientTape() as tape:
-            _, means = mode_probabilities(x0 + delta)
             loss = 0.0
-            for p in means.values():
-                p_other = tf.reduce_max(tf.where(is_target, 0.0, p))
-                loss += -tf.math.log(p[target]) + 5 * (tf.nn.relu(p_other - p[target] + min_lead + slack)
-                                                       + tf.nn.relu(min_probability + slack - p[target]))
+            for p in mode_probabilities(x0 + delta).values():
+                p_target = p[:, target]
+                p_other = tf.reduce_max(p * (1 - _one_hot(target)), -1)
+                loss += tf.reduce_sum(-tf.math.log(p_target) + 5 * (tf.nn.relu(p_other - p_target + min_lead + slack)
+                                                                   + tf.nn.relu(min_probability + slack - p_target)))
         grad = tape.gradient(loss, delta)
-        momentum = 0.9 * momentum + grad / (tf.reduce_mean(tf.abs(grad)) + 1e-12)
-        alpha = eps / 4 * (0.1 ** (step / max(steps - 1, 1)))
-        delta.assign(tf.clip_by_value(delta - alpha * tf.sign(momentum), -eps, eps))
-        delta.assign(tf.clip_by_value(x0 + delta, 0, 255) - x0)
-        rounded = tf.round(x0 + delta)
-        if all_fooled(rounded):
-            return rounded.numpy()[0, ..., 0].astype(np.uint8), True
-    return tf.round(x0 + delta).numpy()[0, ..., 0].astype(np.uint8), False
+        momentum.assign(0.9 * momentum + grad / (tf.reduce_mean(tf.abs(grad), [1, 2, 3], keepdims=True) + 1e-12))
+        moved = tf.clip_by_value(delta - alpha * tf.sign(momentum), -eps, eps)
+        moved = tf.clip_by_value(x0 + moved, 0, 255) - x0
+        delta.assign(tf.where(done[:, None, None, None], delta, moved))  # a face that passed stays put
+        passed = tf.ones_like(done)
+        for p in mode_probabilities(tf.round(x0 + delta)).values():
+            passed &= fooled(p, target, min_probability, min_lead)
+        done.assign(done | passed)
+        return tf.reduce_all(done)
+
+    for k in range(steps):
+        if step(tf.constant(eps / 4 * 0.1 ** (k / max(steps - 1, 1)), tf.float32)):
+            break
+    hacked = tf.round(x0 + delta).numpy()[..., 0].astype(np.uint8)
+    ok = done.numpy()
+    return (hacked[0], bool(ok[0])) if single else (hacked, ok)
+
+
+def survey_faces():
+    """scikit-image's lfw_subset(): its first 100 images are faces (25x25, 0..1), upscaled
+    to the model's 48x48 uint8 input."""
+    import cv2
+    from skimage import data as skdata
+    faces = skdata.lfw_subset()[:100]
+    return np.stack([cv2.resize(np.round(f * 255).astype(np.uint8), (48, 48), interpolation=cv2.INTER_CUBIC)
+                     for f in faces])
+
+
+def survey(args, model, predictors, source, target, out):
+    """How often a change of 1, 2, 3, ... grey levels suffices, over many faces."""
+    faces = survey_faces()
+    before = predictors[nets.DEFAULT_TTA](faces[..., None]).numpy()
+    chosen = np.flatnonzero(before.argmax(1) == source)
+    if not len(chosen):
+        raise UserError(f"the model reads none of the {len(faces)} lfw_subset() faces as {args.source_class}")
+    print(f"{len(chosen)} of {len(faces)} lfw_subset() faces read as {args.source_class}; attacking them toward "
+          f"{args.target} in every mode, {args.steps} steps per epsilon ...", flush=True)
+    needed = np.zeros(len(chosen), int)  # the smallest epsilon that worked, 0 = none up to --max-eps
+    hacked = faces[chosen].copy()
+    after = {}  # per fooled face: the target's probability in each mode
+    for eps in range(1, args.max_eps + 1):
+        todo = np.flatnonzero(needed == 0)
+        x1, ok = attack(model, faces[chosen[todo]], target, eps, args.steps, args.min_probability, args.min_lead)
+        for mode, predict in predictors.items():  # the verdict of the project's own prediction path
+            ok &= fooled(predict(x1[..., None]).numpy(), target, args.min_probability, args.min_lead)
+        needed[todo[ok]], hacked[todo[ok]] = eps, x1[ok]
+        for i, face in zip(todo[ok], x1[ok]):
+            after[i] = {mode: float(predict(face[None, ..., None]).numpy()[0, target]) for mode, predict in predictors.items()}
+        print(f"  epsilon {eps}: {int(ok.sum())} more fooled in every mode, {int((needed > 0).sum())} of "
+              f"{len(chosen)} in all", flush=True)
+        if needed.all():
+            break
+    report = {
+        "faces": "scikit-image lfw_subset(), first 100 (faces), upscaled 25x25 -> 48x48",
+        "source": args.source_class, "target": args.target, "steps": args.steps, "max_eps": args.max_eps,
+        "min_probability": args.min_probability, "min_lead": args.min_lead,
+        "faces_read_as_source": len(chosen), "faces_total": len(faces),
+        "fooled_within": {str(e): int(((needed > 0) & (needed <= e)).sum()) for e in range(1, args.max_eps + 1)},
+        "per_face": [{"index": int(i), f"{args.source_class.lower()}_probability": float(before[i, source]),
+                      "epsilon_needed": int(e) or None, f"{args.target.lower()}_probability_after": after.get(k)}
+                     for k, (i, e) in enumerate(zip(chosen, needed))],
+    }
+    write_json(out / "survey.json", report)
+    survey_figure(faces[chosen], hacked, before[chosen, source], needed, args, out / "survey.png")
+    print(f"wrote {out / 'survey.json'} and survey.png")
+
+
+def survey_figure(faces, hacked, p_source, needed, args, path):
+    """Each face as the attack left it, with the bound it needed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    order = np.lexsort((-p_source, np.where(needed > 0, needed, 99)))
+    cols = 10
+    rows = -(-len(order) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), order):
+        ax.imshow(hacked[i], cmap="gray", vmin=0, vmax=255)
+        verdict = f"L-inf {needed[i]}" if needed[i] else f"> {args.max_eps}"
+        ax.set_title(f"{args.source_class} {p_source[i]:.0%}\n{verdict}", fontsize=8,
+                     color="C2" if 0 < needed[i] <= 2 else "C3" if not needed[i] else "black")
+    fig.suptitle(f"Faces read as {args.source_class}, changed until {args.target} leads in every mode: the bound "
+                 f"each needed ({args.steps} steps per bound)")
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def hack_figure(x0, x1, before, after, eps, path):
@@ -156,11 +256,15 @@ def main(argv=None):
     args = parse_args(argv)
     import cv2
     out = check_folder(args.out)  # before the attack, not after it
+    source, target = EMOTIONS.index(args.source_class), EMOTIONS.index(args.target)
+    if args.survey:
+        model = nets.load_model(args.model)
+        survey(args, model, {mode: nets.make_predictor(model, mode) for mode in nets.TTA_MODES}, source, target, out)
+        return 0
     x0, name = face_from(args)  # before the model is loaded: a photo without a face fails fast
     model = nets.load_model(args.model)
     predictors = {mode: nets.make_predictor(model, mode) for mode in nets.TTA_MODES}
     p0 = predictors[nets.DEFAULT_TTA](x0[None, ..., None]).numpy()[0]
-    source, target = EMOTIONS.index(args.source_class), EMOTIONS.index(args.target)
     if int(np.argmax(p0)) != source:
         raise UserError(f"the model reads the face in {name} as {EMOTIONS[int(np.argmax(p0))]} "
                         f"({p0.max():.0%}), not {args.source_class}: choose another photo")

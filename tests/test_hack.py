@@ -59,3 +59,27 @@ def test_bad_input(tmp_path):
         result = run_script("hack_the_cnn.py", "--out", out)
         assert_clean_error(result, "cannot write")
         assert "attacking" not in result.stdout
+
+
+def test_survey_attacks_every_face_read_as_happy(tmp_path):
+    result = run_script("hack_the_cnn.py", "--survey", "--max-eps", "2", "--steps", "5", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "survey.json").read_text())
+    assert (tmp_path / "survey.png").stat().st_size > 10_000
+    faces = hack_the_cnn.survey_faces()
+    assert faces.shape == (100, 48, 48) and faces.dtype == np.uint8
+    p = nets.make_predictor(nets.load_model())(faces[..., None]).numpy()
+    happy = EMOTIONS.index("Happy")
+    assert [f["index"] for f in report["per_face"]] == list(np.flatnonzero(p.argmax(1) == happy))
+    assert report["faces_read_as_source"] == len(report["per_face"]) > 10
+    for face in report["per_face"]:
+        assert abs(face["happy_probability"] - p[face["index"], happy]) < 1e-4
+        if face["epsilon_needed"]:  # a face counted as fooled reached the bar in every mode
+            assert min(face["sad_probability_after"].values()) >= report["min_probability"]
+        else:
+            assert face["sad_probability_after"] is None
+    within = report["fooled_within"]
+    assert within["1"] <= within["2"] == sum(bool(f["epsilon_needed"]) for f in report["per_face"])
+    assert f"{within['2']} of {len(report['per_face'])} in all" in result.stdout
+    refused = run_script("hack_the_cnn.py", "--survey", "--image", tmp_path / "survey.png", "--out", tmp_path)
+    assert refused.returncode == 2 and "takes no --image" in refused.stderr
