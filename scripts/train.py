@@ -27,7 +27,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from expressions import DATA_DIR, MODEL_DIR, SHARED_DIR, UserError, import_tensorflow, machine, run_cli
+from expressions import DATA_DIR, IMAGE_SIZE, MODEL_DIR, SHARED_DIR, UserError, import_tensorflow, machine, run_cli
 from expressions import data as fer2013
 from expressions import model as nets
 from expressions import reports, training
@@ -51,6 +51,11 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=32,
                    help="channels of the first stage; the stages use 1x, 2x, 4x, 8x (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=0.3, help="dropout before the last layer (default: %(default)s)")
+    p.add_argument("--crop-px", type=int, default=IMAGE_SIZE,
+                   help="our CNN sees the central crop of this many pixels of each 48x48 face (a layer of the "
+                        "saved model, which still takes 48x48); training shifts the crop at random by up to "
+                        "half the margin, so it trains on random crops, and the 10-view prediction becomes "
+                        "ten crops (default: %(default)s, the whole face)")
     p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability (default: %(default)s)")
     p.add_argument("--teacher", type=Path, default=None,
                    help="distillation: a teacher's probabilities on the training images, made by "
@@ -116,6 +121,10 @@ def parse_args(argv=None):
         p.error("--weights needs --backbone mobilenet")
     if not 0 < args.teacher_weight <= 1:
         p.error("--teacher-weight must be in (0, 1]")
+    if not (32 <= args.crop_px <= IMAGE_SIZE and args.crop_px % 2 == 0):
+        p.error(f"--crop-px must be even, from 32 to {IMAGE_SIZE}")
+    if args.crop_px != IMAGE_SIZE and args.backbone != "vgg":
+        p.error("--crop-px is an option of our own CNN (--backbone vgg)")
     return args
 
 
@@ -125,7 +134,7 @@ def build_network(args, pretrained=True):
     if args.backbone == "mobilenet":
         weights = None if args.weights == "none" or not pretrained else args.weights
         return nets.build_mobilenet(weights, args.input_px, args.dropout)
-    return nets.build_cnn(args.width, args.dropout)
+    return nets.build_cnn(args.width, args.dropout, args.crop_px)
 
 
 def main(argv=None):
@@ -144,7 +153,7 @@ def main(argv=None):
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
-              and not (k == "teacher_weight" and not args.teacher)}
+              and not (k == "teacher_weight" and not args.teacher) and not (k == "crop_px" and v == IMAGE_SIZE)}
     if args.backbone == "vgg":  # options of the pre-trained model only
         for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):
             config.pop(k)
@@ -155,7 +164,7 @@ def main(argv=None):
     use_bf16 = args.mixed_precision == "on" or (args.mixed_precision == "auto" and training.cpu_has_bf16())
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if use_bf16 else "float32")
     train_ds, val_ds = training.make_datasets(data, args.batch_size, args.erase_prob, args.seed,
-                                              args.teacher_weight if args.teacher else 0.0)
+                                              args.teacher_weight if args.teacher else 0.0, args.crop_px)
     steps_per_epoch = len(data["x_train"]) // args.batch_size
     if steps_per_epoch < 1:
         raise UserError(f"{len(data['x_train'])} training images is fewer than one batch of {args.batch_size}")

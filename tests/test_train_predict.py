@@ -109,6 +109,37 @@ def test_mirrored_strategy_trains_a_loadable_model(prepared_data, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["strategy"] == "mirrored"
 
 
+def test_random_crops_are_whole_pixel_crops_of_the_face():
+    """With --crop-px 44 the network sees the central 44 pixels, and the warp (here with
+    rotation, zoom and shift off) moves each face by -2..2 whole pixels: a random crop."""
+    import tensorflow as tf
+    from expressions import training
+    x = np.random.default_rng(0).integers(0, 256, (64, 48, 48, 1)).astype(np.float32)
+    augment = training.make_augment(0.0, max_rotation_deg=0, max_shift=0, zoom=0, crop_px=44)
+    seen = augment(tf.constant(x), None)[0].numpy()[:, 2:46, 2:46]
+    offsets = set()
+    for image, crop in zip(x, seen):
+        found = [(dy, dx, mirrored) for mirrored in (False, True) for dy in range(5) for dx in range(5)
+                 if np.allclose((image[:, ::-1] if mirrored else image)[dy:dy + 44, dx:dx + 44], crop, atol=1e-3)]
+        assert len(found) == 1
+        offsets.add(found[0][:2])
+    assert len(offsets) > 10  # of the 25 possible
+
+
+@needs_shared
+def test_network_on_random_crops_trains_and_takes_whole_faces(prepared_data, tmp_path):
+    result = run_script("train.py", *TINY, "--epochs", "1", "--crop-px", "44", "--data-dir", prepared_data,
+                        "--out", tmp_path, "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = nets.load_model(tmp_path / "my_own_model.pkl")  # still 48x48 in, 7 out
+    assert model.get_layer("central_crop").output.shape[1:3] == (44, 44)
+    assert model.count_params() < nets.build_cnn(8).count_params()  # a 2x2 map left to flatten, not 3x3
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["crop_px"] == 44
+    for bad in ("45", "30", "50"):
+        refused = run_script("train.py", "--crop-px", bad, "--out", tmp_path / "bad")
+        assert refused.returncode == 2 and "--crop-px must be even" in refused.stderr
+
+
 def test_recompute_batch_norm_takes_the_plain_mean_of_the_batches():
     import keras
     from expressions import training

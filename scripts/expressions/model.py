@@ -20,20 +20,25 @@ MODEL_ALIASES = {"own": MODEL_PATH, "pre_trained": MODEL_DIR / "pre_trained_mode
 
 
 # ---------------------------------------------------------------- the networks
-def build_cnn(width=32, dropout=0.3):
+def build_cnn(width=32, dropout=0.3, crop_px=IMAGE_SIZE):
     """Our VGG-style CNN: four stages of two 3x3 convolutions (width, 2x, 4x, 8x channels)
-    with batch norm, max pooling after each stage, then a 256-unit dense head."""
+    with batch norm, max pooling after each stage, then a 256-unit dense head. With
+    crop_px < 48 it sees only the central crop_px x crop_px pixels (the training pipeline
+    then shifts each face so that it trains on random crops)."""
     import keras
     from keras import layers
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")
-    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit")(inputs)
+    x = inputs
+    if crop_px < IMAGE_SIZE:
+        x = layers.Cropping2D((IMAGE_SIZE - crop_px) // 2, name="central_crop")(x)
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit")(x)
     for stage, mult in enumerate([1, 2, 4, 8], start=1):
         for k in range(2):
             x = layers.Conv2D(width * mult, 3, padding="same", use_bias=False, name=f"conv{stage}_{k + 1}")(x)
             x = layers.BatchNormalization(name=f"bn{stage}_{k + 1}")(x)
             x = layers.ReLU(name=f"relu{stage}_{k + 1}")(x)
         x = layers.MaxPooling2D(name=f"pool{stage}")(x)
-    # 3x3 spatial map left: flattening keeps where features are (mouth vs eyes).
+    # A 3x3 spatial map left (2x2 from a 44 or 40 crop): flattening keeps where features are (mouth vs eyes).
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(256, use_bias=False, name="fc")(x)
     x = layers.BatchNormalization(name="bn_fc")(x)

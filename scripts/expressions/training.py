@@ -15,9 +15,11 @@ from .model import predict_in_batches
 
 
 # ---------------------------------------------------------------- input pipeline
-def make_augment(erase_prob, max_rotation_deg=10.0, max_shift=0.1, zoom=0.1):
+def make_augment(erase_prob, max_rotation_deg=10.0, max_shift=0.1, zoom=0.1, crop_px=IMAGE_SIZE):
     """Batch augmentation as one random affine warp per image (one interpolation),
-    then random erasing of a rectangle."""
+    then random erasing of a rectangle. For a network that sees the central crop_px
+    pixels, the warp also shifts each face by a whole number of pixels, up to half the
+    margin each way: the network then sees a random crop_px crop of the warped face."""
     import tensorflow as tf
     size = float(IMAGE_SIZE)
 
@@ -26,8 +28,9 @@ def make_augment(erase_prob, max_rotation_deg=10.0, max_shift=0.1, zoom=0.1):
         angle = tf.random.uniform([n], -1.0, 1.0) * max_rotation_deg * np.pi / 180
         scale = tf.random.uniform([n], 1 - zoom, 1 + zoom)
         flip = tf.where(tf.random.uniform([n]) < 0.5, -1.0, 1.0)
-        tx = tf.random.uniform([n], -max_shift, max_shift) * size
-        ty = tf.random.uniform([n], -max_shift, max_shift) * size
+        margin = (IMAGE_SIZE - crop_px) // 2
+        tx = tf.random.uniform([n], -max_shift, max_shift) * size + _whole_pixels(n, margin)
+        ty = tf.random.uniform([n], -max_shift, max_shift) * size + _whole_pixels(n, margin)
         # Output pixel p samples input at A p + b, with A = R(angle) diag(flip, 1) / scale about the centre.
         c = (size - 1) / 2
         cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
@@ -59,7 +62,13 @@ def make_augment(erase_prob, max_rotation_deg=10.0, max_shift=0.1, zoom=0.1):
     return augment
 
 
-def make_datasets(data, batch_size, erase_prob, seed, teacher_weight=0.0):
+def _whole_pixels(n, k):
+    """n random integer shifts from -k to k, as floats."""
+    import tensorflow as tf
+    return tf.cast(tf.random.uniform([n], -k, k + 1, dtype=tf.int32), tf.float32)
+
+
+def make_datasets(data, batch_size, erase_prob, seed, teacher_weight=0.0, crop_px=IMAGE_SIZE):
     """Shuffled, augmented training batches and plain validation batches. Targets are
     one-hot labels, or with teacher_weight w and data["t_train"] (a teacher's
     probabilities), w * teacher + (1 - w) * one-hot: distillation, whose cross-entropy is
@@ -78,7 +87,7 @@ def make_datasets(data, batch_size, erase_prob, seed, teacher_weight=0.0):
         ds = ds.batch(batch_size, drop_remainder=train)
         ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
         if train:
-            ds = ds.map(make_augment(erase_prob), num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.map(make_augment(erase_prob, crop_px=crop_px), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     return to_ds(data["x_train"], y_train, True), to_ds(data["x_val"], y_val, False)
