@@ -45,6 +45,9 @@ def parse_args(argv=None):
                    help="the target's probability the hacked image must reach in every mode (default: %(default)s)")
     p.add_argument("--min-lead", type=float, default=0.2,
                    help="how far the target must lead every other class in every mode (default: %(default)s)")
+    p.add_argument("--lfw-face", type=int, default=None, metavar="INDEX",
+                   help="instead of a photo, hack face INDEX (0-99) of scikit-image's lfw_subset(), one of "
+                        "--survey's faces, already a face crop (default: off)")
     p.add_argument("--survey", action="store_true",
                    help="instead of one photo, attack every face of scikit-image's lfw_subset() (100 faces of "
                         "Labeled Faces in the Wild, 25x25, upscaled to 48x48) that the model reads as "
@@ -56,14 +59,18 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.target == args.source_class:
         p.error(f"--target must differ from --source-class (both are {args.target})")
-    if args.survey and args.image:
-        p.error("--survey attacks its own faces: it takes no --image")
+    if sum(x is not None and x is not False for x in (args.image, args.lfw_face, args.survey)) > 1:
+        p.error("choose one of --image, --lfw-face and --survey")
+    if args.lfw_face is not None and not 0 <= args.lfw_face < 100:
+        p.error("--lfw-face must be from 0 to 99: lfw_subset()'s first 100 images are the faces")
     return args
 
 
 def face_from(args):
     """The 48x48 crop of the largest face in --image, as predict.py PHOTO crops it."""
     import cv2
+    if args.lfw_face is not None:  # already a 48x48 face crop
+        return survey_faces()[args.lfw_face], f"scikit-image lfw_subset() face {args.lfw_face}"
     if args.image is None:
         from skimage import data as skdata
         image, name = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), "scikit-image astronaut()"
@@ -245,8 +252,8 @@ def hack_figure(x0, x1, before, after, eps, path):
                         color=f"C{i}", label=f"{'hacked' if j else 'input'}, --tta {mode}")
     axes[3].set_xticks(xs, EMOTIONS, rotation=30)
     axes[3].set_ylabel("probability")
-    axes[3].legend(fontsize=7, ncol=2, loc="upper left")
-    fig.suptitle(f"A change of at most {eps} grey levels out of 255 turns {EMOTIONS[k0]} into {EMOTIONS[k1]} "
+    axes[3].legend(fontsize=7, ncol=2, loc="upper right")
+    fig.suptitle(f"A change of at most {eps} grey level{'s' if eps > 1 else ''} out of 255 turns {EMOTIONS[k0]} into {EMOTIONS[k1]} "
                  "in every prediction mode (pale: input, solid: hacked)")
     fig.tight_layout()
     save_figure(fig, path)

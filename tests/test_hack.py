@@ -3,6 +3,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 import hack_the_cnn
 from conftest import assert_clean_error, run_script
@@ -23,13 +24,16 @@ def test_attack_reaches_a_chosen_target_in_every_mode_within_the_bound():
         assert int(np.argmax(p)) == target and p[target] >= 0.4 and p[target] - np.sort(p)[-2] >= 0.1, (mode, p)
 
 
-def test_committed_hack_reloads_as_happy_and_sad_in_every_mode():
-    report = json.loads((HACK_DIR / "hack.json").read_text())
-    x0 = cv2.imread(str(HACK_DIR / "input_image.png"), cv2.IMREAD_UNCHANGED)
-    x1 = cv2.imread(str(HACK_DIR / "hacked_image.png"), cv2.IMREAD_UNCHANGED)
+@pytest.mark.parametrize("folder", [HACK_DIR, HACK_DIR / "lfw_face_1"])
+def test_committed_hack_reloads_as_happy_and_sad_in_every_mode(folder):
+    report = json.loads((folder / "hack.json").read_text())
+    x0 = cv2.imread(str(folder / "input_image.png"), cv2.IMREAD_UNCHANGED)
+    x1 = cv2.imread(str(folder / "hacked_image.png"), cv2.IMREAD_UNCHANGED)
     assert x0.shape == x1.shape == (48, 48) and x0.dtype == np.uint8
     linf = np.abs(x1.astype(int) - x0.astype(int)).max()
     assert 0 < linf <= report["epsilon"] == report["linf"]
+    if folder.name == "lfw_face_1":  # the survey's most confident Happy face fooled at 1 grey level
+        assert report["epsilon"] == 1 and np.array_equal(x0, hack_the_cnn.survey_faces()[1])
     model = nets.load_model()
     for mode in nets.TTA_MODES:
         p = nets.make_predictor(model, mode)(np.stack([x0, x1])[..., None]).numpy()
@@ -82,4 +86,7 @@ def test_survey_attacks_every_face_read_as_happy(tmp_path):
     assert within["1"] <= within["2"] == sum(bool(f["epsilon_needed"]) for f in report["per_face"])
     assert f"{within['2']} of {len(report['per_face'])} in all" in result.stdout
     refused = run_script("hack_the_cnn.py", "--survey", "--image", tmp_path / "survey.png", "--out", tmp_path)
-    assert refused.returncode == 2 and "takes no --image" in refused.stderr
+    for args in (["--lfw-face", "100"], ["--lfw-face", "-1"]):
+        out_of_range = run_script("hack_the_cnn.py", *args, "--out", tmp_path)
+        assert out_of_range.returncode == 2 and "from 0 to 99" in out_of_range.stderr
+    assert refused.returncode == 2 and "choose one of --image, --lfw-face and --survey" in refused.stderr
