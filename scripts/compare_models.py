@@ -16,7 +16,6 @@ import sys
 from math import comb
 from pathlib import Path
 
-import numpy as np
 
 from expressions import DATA_DIR, run_cli
 from expressions import data as fer2013

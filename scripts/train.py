@@ -57,12 +57,6 @@ def parse_args(argv=None):
                         "half the margin, so it trains on random crops, and the 10-view prediction becomes "
                         "ten crops (default: %(default)s, the whole face)")
     p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability (default: %(default)s)")
-    p.add_argument("--teacher", type=Path, default=None,
-                   help="distillation: a teacher's probabilities on the training images, made by "
-                        "scripts/teacher_targets.py (e.g. results/model/teacher_targets.npz); the targets become "
-                        "--teacher-weight x teacher + the rest x one-hot label (default: none, labels only)")
-    p.add_argument("--teacher-weight", type=float, default=0.7,
-                   help="with --teacher: the teacher's share of each target (default: %(default)s)")
     p.add_argument("--no-batch-norm-pass", action="store_true",
                    help="our own CNN ends its run with one pass over the un-augmented training images that "
                         "recomputes the batch-norm statistics (kept only if validation accuracy improves); "
@@ -119,8 +113,6 @@ def parse_args(argv=None):
             args.freeze_epochs = 0  # nothing learnt to protect
     elif args.weights is not None:
         p.error("--weights needs --backbone mobilenet")
-    if not 0 < args.teacher_weight <= 1:
-        p.error("--teacher-weight must be in (0, 1]")
     if not (32 <= args.crop_px <= IMAGE_SIZE and args.crop_px % 2 == 0):
         p.error(f"--crop-px must be even, from 32 to {IMAGE_SIZE}")
     if args.crop_px != IMAGE_SIZE and args.backbone != "vgg":
@@ -146,14 +138,12 @@ def main(argv=None):
 
     # ------------------------------------------------------------ data
     data = fer2013.load_prepared(args.data_dir)
-    if args.teacher:
-        data = fer2013.load_teacher_targets(args.teacher, data)
     if args.subset:
         data = fer2013.subset(data, args.subset, args.seed)
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
-              and not (k == "teacher_weight" and not args.teacher) and not (k == "crop_px" and v == IMAGE_SIZE)}
+              and not (k == "crop_px" and v == IMAGE_SIZE)}
     if args.backbone == "vgg":  # options of the pre-trained model only
         for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):
             config.pop(k)
@@ -163,8 +153,7 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     use_bf16 = args.mixed_precision == "on" or (args.mixed_precision == "auto" and training.cpu_has_bf16())
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if use_bf16 else "float32")
-    train_ds, val_ds = training.make_datasets(data, args.batch_size, args.erase_prob, args.seed,
-                                              args.teacher_weight if args.teacher else 0.0, args.crop_px)
+    train_ds, val_ds = training.make_datasets(data, args.batch_size, args.erase_prob, args.seed, args.crop_px)
     steps_per_epoch = len(data["x_train"]) // args.batch_size
     if steps_per_epoch < 1:
         raise UserError(f"{len(data['x_train'])} training images is fewer than one batch of {args.batch_size}")

@@ -1,6 +1,5 @@
-"""The committed model's two levers: an ensemble of trained runs in one model file (its
-reports, its calibration folded into every member), and distillation (a teacher's
-probabilities saved once, a student trained on them)."""
+"""The committed model: an ensemble of trained runs in one model file (its reports, its
+calibration folded into every member)."""
 import json
 import shutil
 
@@ -11,7 +10,6 @@ from conftest import TINY, assert_clean_error, needs_shared, run_script
 from expressions import calibration
 from expressions import data as fer2013
 from expressions import model as nets
-from expressions import training
 
 
 @pytest.fixture(scope="module")
@@ -71,40 +69,3 @@ def test_ensemble_bad_input_gets_one_line(two_runs, tmp_path):
                                   "--out", two_runs / "first.pkl"), "is one of the members")
     one = run_script("ensemble.py", two_runs / "first.pkl")
     assert one.returncode == 2 and "two or more" in one.stderr
-
-
-def test_distillation_targets_mix_teacher_and_label():
-    rng = np.random.default_rng(0)
-    teacher = rng.dirichlet(np.ones(7), 8).astype(np.float32)
-    data = {"x_train": rng.integers(0, 256, (8, 48, 48, 1), dtype=np.uint8), "y_train": np.arange(8) % 7,
-            "x_val": np.zeros((2, 48, 48, 1), np.uint8), "y_val": np.array([0, 1]), "t_train": teacher}
-    train_ds, _ = training.make_datasets(data, 8, 0.0, seed=0, teacher_weight=0.7)
-    _, targets = next(iter(train_ds))
-    expected = 0.7 * teacher + 0.3 * np.eye(7)[data["y_train"]]
-    # Shuffled: compare as sets of rows.
-    assert np.allclose(np.sort(targets.numpy(), 0), np.sort(expected, 0), atol=1e-6)
-
-
-@needs_shared
-def test_teacher_targets_then_a_distilled_student(tiny_model, prepared_data, tmp_path):
-    targets = tmp_path / "teacher.npz"
-    made = run_script("teacher_targets.py", "--model", tiny_model[0] / "my_own_model.pkl", "--tta", "flip",
-                      "--data-dir", prepared_data, "--out", targets)
-    assert made.returncode == 0, made.stderr[-2000:]
-    assert "agrees with the training label" in made.stdout
-    with np.load(targets) as npz:
-        p = npz["probabilities"]
-    assert p.shape == (25837, 7) and np.allclose(p.sum(1), 1, atol=1e-4)
-
-    student = run_script("train.py", *TINY, "--epochs", "1", "--teacher", targets, "--data-dir", prepared_data,
-                         "--out", tmp_path / "student", "--no-evaluate", "--no-batch-norm-pass")
-    assert student.returncode == 0, student.stderr[-2000:]
-    config = json.loads((tmp_path / "student" / "metrics.json").read_text())["config"]
-    assert config["teacher"] == str(targets) and config["teacher_weight"] == 0.7
-
-    # Targets made for other images are refused, in one line.
-    np.savez(tmp_path / "other.npz", probabilities=p, x_train_sha256="0" * 16)
-    assert_clean_error(run_script("train.py", *TINY, "--epochs", "1", "--teacher", tmp_path / "other.npz",
-                                  "--data-dir", prepared_data, "--out", tmp_path / "s2"), "other training images")
-    assert_clean_error(run_script("train.py", *TINY, "--teacher", tmp_path / "missing.npz",
-                                  "--data-dir", prepared_data, "--out", tmp_path / "s3"), "teacher_targets.py")

@@ -264,33 +264,6 @@ def load_test_csv(path: Path):
     return x[..., None], y.astype(int), usage
 
 
-def images_fingerprint(x) -> str:
-    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
-
-
-def save_teacher_targets(path, probabilities, x_train, teacher, tta):
-    """A teacher's probabilities [n,7] on the training images, with the images' fingerprint."""
-    from .outputs import atomic_path
-    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, probabilities=probabilities.astype(np.float32), teacher=teacher, tta=tta,
-                            x_train_sha256=images_fingerprint(x_train))
-
-
-def load_teacher_targets(path, data):
-    """The teacher targets saved for exactly these training images, as data["t_train"]."""
-    path = Path(path)
-    try:
-        with np.load(path) as npz:
-            probabilities, fingerprint = npz["probabilities"], str(npz["x_train_sha256"])
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"cannot read teacher targets {path} ({err.__class__.__name__}): make them with "
-                        "`python scripts/teacher_targets.py`") from None
-    if fingerprint != images_fingerprint(data["x_train"]) or probabilities.shape != (len(data["x_train"]), 7):
-        raise UserError(f"{path} was made for other training images: make it again with "
-                        "`python scripts/teacher_targets.py`")
-    return {**data, "t_train": probabilities}
-
-
 def subset(data, n_train, seed):
     """A random slice of n_train training images and a quarter as many validation images
     (test images untouched), for quick runs."""

@@ -68,16 +68,11 @@ def _whole_pixels(n, k):
     return tf.cast(tf.random.uniform([n], -k, k + 1, dtype=tf.int32), tf.float32)
 
 
-def make_datasets(data, batch_size, erase_prob, seed, teacher_weight=0.0, crop_px=IMAGE_SIZE):
-    """Shuffled, augmented training batches and plain validation batches. Targets are
-    one-hot labels, or with teacher_weight w and data["t_train"] (a teacher's
-    probabilities), w * teacher + (1 - w) * one-hot: distillation, whose cross-entropy is
-    the weighted sum of the two losses."""
+def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE):
+    """Shuffled, augmented training batches and plain validation batches, one-hot labels."""
     import tensorflow as tf
     n_classes = len(EMOTIONS)
     y_train = np.eye(n_classes, dtype=np.float32)[data["y_train"].astype(int)]
-    if teacher_weight:
-        y_train = teacher_weight * data["t_train"].astype(np.float32) + (1 - teacher_weight) * y_train
     y_val = np.eye(n_classes, dtype=np.float32)[data["y_val"].astype(int)]
 
     def to_ds(x, y, train):
