@@ -56,6 +56,13 @@ def parse_args(argv=None):
                         "saved model, which still takes 48x48); training shifts the crop at random by up to "
                         "half the margin, so it trains on random crops, and the 10-view prediction becomes "
                         "ten crops (default: %(default)s, the whole face)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
+                   help="our CNN: also keep an exponential moving average of the weights (this momentum per "
+                        "step, e.g. 0.998: an average over about 500 steps), which is validated each epoch "
+                        "and kept instead of the weights themselves; 0 turns it off (default: %(default)s)")
+    p.add_argument("--residual", action="store_true",
+                   help="our CNN: add the input of each stage's second convolution to its output (a "
+                        "residual connection; the same size and cost) (default: off)")
     p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability (default: %(default)s)")
     p.add_argument("--no-batch-norm-pass", action="store_true",
                    help="our own CNN ends its run with one pass over the un-augmented training images that "
@@ -115,8 +122,10 @@ def parse_args(argv=None):
         p.error("--weights needs --backbone mobilenet")
     if not (32 <= args.crop_px <= IMAGE_SIZE and args.crop_px % 2 == 0):
         p.error(f"--crop-px must be even, from 32 to {IMAGE_SIZE}")
-    if args.crop_px != IMAGE_SIZE and args.backbone != "vgg":
-        p.error("--crop-px is an option of our own CNN (--backbone vgg)")
+    if not 0 <= args.ema < 1:
+        p.error("--ema must be from 0 (off) to below 1")
+    if args.backbone != "vgg" and (args.crop_px != IMAGE_SIZE or args.ema or args.residual):
+        p.error("--crop-px, --ema and --residual are options of our own CNN (--backbone vgg)")
     return args
 
 
@@ -126,7 +135,7 @@ def build_network(args, pretrained=True):
     if args.backbone == "mobilenet":
         weights = None if args.weights == "none" or not pretrained else args.weights
         return nets.build_mobilenet(weights, args.input_px, args.dropout)
-    return nets.build_cnn(args.width, args.dropout, args.crop_px)
+    return nets.build_cnn(args.width, args.dropout, args.crop_px, args.residual)
 
 
 def main(argv=None):
@@ -143,7 +152,7 @@ def main(argv=None):
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
-              and not (k == "crop_px" and v == IMAGE_SIZE)}
+              and not (k == "crop_px" and v == IMAGE_SIZE) and not (k in ("ema", "residual") and not v)}
     if args.backbone == "vgg":  # options of the pre-trained model only
         for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):
             config.pop(k)
@@ -169,7 +178,7 @@ def main(argv=None):
 
     def compile_phase(model, peak_lr, epochs, warmup_epochs, constant=False):
         training.compile_sgd(model, peak_lr, steps_per_epoch * epochs, int(warmup_epochs * steps_per_epoch),
-                             args.weight_decay, args.label_smoothing, constant)
+                             args.weight_decay, args.label_smoothing, constant, args.ema)
 
     # The pre-trained model first trains its new head on a frozen backbone (a constant
     # rate), then fine-tunes everything; our own CNN has a single phase.
@@ -193,7 +202,7 @@ def main(argv=None):
 
     # ------------------------------------------------------------ fit
     warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our tf.data pipeline shuffles
-    callbacks = training.make_callbacks(run, args.time_budget)
+    callbacks = training.make_callbacks(run, args.time_budget, ema=args.ema > 0)
     if frozen_epochs and start < frozen_epochs:
         model.fit(train_ds, validation_data=val_ds, epochs=frozen_epochs, initial_epoch=start,
                   verbose=0, callbacks=callbacks)
