@@ -161,6 +161,34 @@ def test_residual_network_has_the_same_size():
         f"residual{k}" for k in range(1, 5)]
 
 
+def test_patch_whitening_decorrelates_3x3_patches():
+    import cv2
+    rng = np.random.default_rng(1)
+    faces = np.stack([cv2.GaussianBlur(rng.uniform(0, 255, (48, 48)), (0, 0), 1.5) for _ in range(64)])[..., None]
+    kernel = nets.patch_whitening(faces, n_patches=50_000)
+    assert kernel.shape == (3, 3, 1, 18) and np.allclose(kernel[..., 9:], -kernel[..., :9])
+    x = faces[..., 0] / 127.5 - 1
+    patches = np.stack([x[:, dy:dy + 46, dx:dx + 46].ravel() for dy in range(3) for dx in range(3)], axis=1)
+    whitened = patches @ kernel[..., :9].reshape(9, 9)
+    assert np.allclose(np.corrcoef(whitened, rowvar=False), np.eye(9), atol=0.05)  # decorrelated
+    assert np.abs(np.corrcoef(patches, rowvar=False) - np.eye(9)).max() > 0.5  # neighbours were correlated
+
+
+@needs_shared
+def test_whitened_residual_averaged_network_trains(prepared_data, tmp_path):
+    result = run_script("train.py", *TINY, "--epochs", "1", "--whiten", "--residual", "--ema", "0.9",
+                        "--data-dir", prepared_data, "--out", tmp_path, "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = nets.load_model(tmp_path / "my_own_model.pkl")
+    data = fer2013.subset(fer2013.load_prepared(prepared_data), 384, 1)
+    assert np.allclose(model.get_layer("whiten").get_weights()[0], nets.patch_whitening(data["x_train"], seed=1))
+    assert "residual4" in [layer.name for layer in model.layers]
+    config = json.loads((tmp_path / "metrics.json").read_text())["config"]
+    assert config["whiten"] and config["residual"] and config["ema"] == 0.9
+    refused = run_script("train.py", "--backbone", "mobilenet", "--whiten", "--out", tmp_path / "bad")
+    assert refused.returncode == 2 and "options of our own CNN" in refused.stderr
+
+
 @needs_shared
 def test_network_on_random_crops_trains_and_takes_whole_faces(prepared_data, tmp_path):
     result = run_script("train.py", *TINY, "--epochs", "1", "--crop-px", "44", "--data-dir", prepared_data,
