@@ -276,5 +276,6 @@ def test_committed_model_accuracy_on_the_7178_test_images(prepared_data, tmp_pat
         assert figures[key] == pytest.approx(committed[key], abs=0.0006), key
 
 
-# The brief asks for more than 70 %; the committed model measures 70.95 % (see the README).
-MIN_TEST_ACCURACY = 70
+# The brief asks for more than 70 %; the committed model measures 71.29 % (see the README),
+# so the printed figure truncates to 71.
+MIN_TEST_ACCURACY = 71

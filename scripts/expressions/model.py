@@ -198,7 +198,9 @@ def make_predictor(model, tta=DEFAULT_TTA):
     (about 50 ms), which matters for video."""
     tf, _ = import_tensorflow()
 
+    # Plain tensor code: AutoGraph has nothing to convert (and warned of a "closure mismatch").
     @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32)])
+    @tf.autograph.experimental.do_not_convert
     def predict_float(x):  # one trace for every batch size
         views = tta_views(x, tta, tf)
         n = tf.shape(x)[0]
