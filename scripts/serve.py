@@ -83,7 +83,7 @@ def main(argv=None):
         pass
     except KeyboardInterrupt:  # uvicorn has shut down cleanly, then passes Ctrl-C on: the normal way to stop
         pass
-    if not server.started:
+    if not server.started and not server.should_exit:  # should_exit: Ctrl-C came while it was starting
         raise UserError(f"cannot listen on {args.host}:{args.port} (in use by another program, or not an "
                         "address of this machine): choose another --port or --host")
     print("stopped", file=sys.stderr)
