@@ -10,6 +10,8 @@ model and the face detector are loaded once, at start. It listens on 127.0.0.1, 
 machine only, unless --host says otherwise. Ctrl-C stops it.
 """
 import argparse
+import contextlib
+import signal
 import socket
 import sys
 
@@ -71,19 +73,28 @@ def main(argv=None):
     shown = f"[{args.host}]" if ":" in args.host else args.host
 
     class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # ours, below: installed before the event loop starts, so no race
+            yield
+
         async def startup(self, sockets=None):
             await super().startup(sockets)
             if self.started:  # said once the port is really open
                 print(f"Serving on http://{shown}:{args.port} (Ctrl-C stops it)", flush=True)
 
     server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+
+    def stop(signum, frame):  # Ctrl-C or SIGTERM, at any moment: a clean shutdown (a second one: at once)
+        server.force_exit = server.should_exit
+        server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
     try:
         server.run()
     except SystemExit:  # uvicorn exits when it cannot bind
         pass
-    except KeyboardInterrupt:  # uvicorn has shut down cleanly, then passes Ctrl-C on: the normal way to stop
-        pass
-    if not server.started and not server.should_exit:  # should_exit: Ctrl-C came while it was starting
+    if not server.started and not server.should_exit:
         raise UserError(f"cannot listen on {args.host}:{args.port} (in use by another program, or not an "
                         "address of this machine): choose another --port or --host")
     print("stopped", file=sys.stderr)
