@@ -56,10 +56,6 @@ def parse_args(argv=None):
                         "saved model, which still takes 48x48); training shifts the crop at random by up to "
                         "half the margin, so it trains on random crops, and the 10-view prediction becomes "
                         "ten crops (default: %(default)s, the whole face)")
-    p.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
-                   help="our CNN: also keep an exponential moving average of the weights (this momentum per "
-                        "step, e.g. 0.998: an average over about 500 steps), which is validated each epoch "
-                        "and kept instead of the weights themselves; 0 turns it off (default: %(default)s)")
     p.add_argument("--residual", action="store_true",
                    help="our CNN: add the input of each stage's second convolution to its output (a "
                         "residual connection; the same size and cost) (default: off)")
@@ -126,10 +122,8 @@ def parse_args(argv=None):
         p.error("--weights needs --backbone mobilenet")
     if not (32 <= args.crop_px <= IMAGE_SIZE and args.crop_px % 2 == 0):
         p.error(f"--crop-px must be even, from 32 to {IMAGE_SIZE}")
-    if not 0 <= args.ema < 1:
-        p.error("--ema must be from 0 (off) to below 1")
-    if args.backbone != "vgg" and (args.crop_px != IMAGE_SIZE or args.ema or args.residual or args.whiten):
-        p.error("--crop-px, --ema, --residual and --whiten are options of our own CNN (--backbone vgg)")
+    if args.backbone != "vgg" and (args.crop_px != IMAGE_SIZE or args.residual or args.whiten):
+        p.error("--crop-px, --residual and --whiten are options of our own CNN (--backbone vgg)")
     return args
 
 
@@ -160,7 +154,7 @@ def main(argv=None):
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
-              and not (k == "crop_px" and v == IMAGE_SIZE) and not (k in ("ema", "residual", "whiten") and not v)}
+              and not (k == "crop_px" and v == IMAGE_SIZE) and not (k in ("residual", "whiten") and not v)}
     if args.backbone == "vgg":  # options of the pre-trained model only
         for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):
             config.pop(k)
@@ -186,7 +180,7 @@ def main(argv=None):
 
     def compile_phase(model, peak_lr, epochs, warmup_epochs, constant=False):
         training.compile_sgd(model, peak_lr, steps_per_epoch * epochs, int(warmup_epochs * steps_per_epoch),
-                             args.weight_decay, args.label_smoothing, constant, args.ema)
+                             args.weight_decay, args.label_smoothing, constant)
 
     # The pre-trained model first trains its new head on a frozen backbone (a constant
     # rate), then fine-tunes everything; our own CNN has a single phase.
@@ -210,7 +204,7 @@ def main(argv=None):
 
     # ------------------------------------------------------------ fit
     warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our tf.data pipeline shuffles
-    callbacks = training.make_callbacks(run, args.time_budget, ema=args.ema > 0)
+    callbacks = training.make_callbacks(run, args.time_budget)
     if frozen_epochs and start < frozen_epochs:
         model.fit(train_ds, validation_data=val_ds, epochs=frozen_epochs, initial_epoch=start,
                   verbose=0, callbacks=callbacks)

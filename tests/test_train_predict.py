@@ -126,34 +126,6 @@ def test_random_crops_are_whole_pixel_crops_of_the_face():
     assert len(offsets) > 10  # of the 25 possible
 
 
-def test_weight_average_is_what_validation_sees_and_the_run_keeps(tmp_path):
-    """With --ema the epoch's validation and the kept best weights are the optimizer's
-    moving average, while the checkpoint goes on from the weights themselves."""
-    import keras
-    from expressions import training
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (96, 48, 48, 1)).astype("float32")
-    y = np.eye(7, dtype="float32")[rng.integers(0, 7, 96)]
-    keras.utils.set_random_seed(0)
-    model = nets.build_cnn(4, crop_px=40)
-    training.compile_sgd(model, 0.1, 6, 1, 5e-4, 0.1, ema=0.5)
-    run = training.RunFolder(tmp_path / "run", {"test": 1})
-    model.fit(x, y, batch_size=32, epochs=2, validation_data=(x[:32], y[:32]), verbose=0,
-              callbacks=training.make_callbacks(run, ema=True))
-    averaged = [v.numpy() for v in model.optimizer._model_variables_moving_average]
-    kept = nets.build_cnn(4, crop_px=40)
-    kept.load_weights(run.best_weights())
-    if run.state["best_epoch"] == 1:  # the last epoch is the best: its average is what was kept
-        assert all(np.allclose(a, w.numpy()) for a, w in zip(averaged, kept.trainable_weights))
-    kept.compile(loss="categorical_crossentropy", metrics=["accuracy"])
-    best = run.state["history"][run.state["best_epoch"]]
-    assert np.isclose(kept.evaluate(x[:32], y[:32], verbose=0)[1], best["val_accuracy"])
-    resumed = run.load_checkpoint()
-    assert resumed.optimizer.use_ema
-    raw = [w.numpy() for w in resumed.trainable_weights]
-    assert not all(np.allclose(a, r) for a, r in zip(averaged, raw))  # the weights, not their average
-
-
 def test_residual_network_has_the_same_size():
     plain, residual = nets.build_cnn(8), nets.build_cnn(8, residual=True)
     assert residual.count_params() == plain.count_params()
@@ -175,8 +147,8 @@ def test_patch_whitening_decorrelates_3x3_patches():
 
 
 @needs_shared
-def test_whitened_residual_averaged_network_trains(prepared_data, tmp_path):
-    result = run_script("train.py", *TINY, "--epochs", "1", "--whiten", "--residual", "--ema", "0.9",
+def test_whitened_residual_network_trains(prepared_data, tmp_path):
+    result = run_script("train.py", *TINY, "--epochs", "1", "--whiten", "--residual",
                         "--data-dir", prepared_data, "--out", tmp_path, "--no-evaluate")
     assert result.returncode == 0, result.stderr[-2000:]
     model = nets.load_model(tmp_path / "my_own_model.pkl")
@@ -184,7 +156,7 @@ def test_whitened_residual_averaged_network_trains(prepared_data, tmp_path):
     assert np.allclose(model.get_layer("whiten").get_weights()[0], nets.patch_whitening(data["x_train"], seed=1))
     assert "residual4" in [layer.name for layer in model.layers]
     config = json.loads((tmp_path / "metrics.json").read_text())["config"]
-    assert config["whiten"] and config["residual"] and config["ema"] == 0.9
+    assert config["whiten"] and config["residual"]
     refused = run_script("train.py", "--backbone", "mobilenet", "--whiten", "--out", tmp_path / "bad")
     assert refused.returncode == 2 and "options of our own CNN" in refused.stderr
 

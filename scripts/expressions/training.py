@@ -89,18 +89,15 @@ def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE):
 
 
 # ---------------------------------------------------------------- optimizer
-def compile_sgd(model, peak_lr, steps, warmup_steps, weight_decay, label_smoothing, constant=False, ema=0.0):
+def compile_sgd(model, peak_lr, steps, warmup_steps, weight_decay, label_smoothing, constant=False):
     """SGD with Nesterov momentum: linear warm-up to peak_lr, then cosine decay to zero
-    over the rest of `steps` (or peak_lr throughout, with constant=True). ema > 0 also
-    keeps an exponential moving average of the weights (this momentum per step), which
-    make_callbacks then validates and keeps instead of the weights themselves."""
+    over the rest of `steps` (or peak_lr throughout, with constant=True)."""
     import keras
     warmup_steps = min(warmup_steps, steps - 1)
     schedule = peak_lr if constant else keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=peak_lr * 0.01, decay_steps=steps - warmup_steps, alpha=0.0,
         warmup_target=peak_lr, warmup_steps=warmup_steps)
-    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=weight_decay,
-                                                 use_ema=ema > 0, ema_momentum=ema or 0.99),
+    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=weight_decay),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
                   metrics=["accuracy"])
 
@@ -171,10 +168,8 @@ class RunFolder:
     def best_weights(self):
         return self.latest / "best.weights.h5"
 
-    def save_epoch(self, model, logs, seconds, save_best=None):
-        """Record one finished epoch: the new snapshot replaces the previous one.
-        save_best(path) writes the weights to keep if this epoch is the best so far
-        (default: the model's own)."""
+    def save_epoch(self, model, logs, seconds):
+        """Record one finished epoch: the new snapshot replaces the previous one."""
         state = {"history": self.state["history"] + [{"epoch": self.epochs_done, **logs}],
                  "wall_seconds": self.state["wall_seconds"] + [seconds], "best_epoch": self.state["best_epoch"]}
         best = state["best_epoch"]
@@ -186,7 +181,7 @@ class RunFolder:
         tmp.mkdir()
         model.save(tmp / "model.keras")
         if improved:
-            (save_best or model.save_weights)(tmp / "best.weights.h5")
+            model.save_weights(tmp / "best.weights.h5")
         else:  # the same file as before: a hard link costs nothing
             try:
                 os.link(self.best_weights(), tmp / "best.weights.h5")
@@ -211,29 +206,18 @@ class RunFolder:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def make_callbacks(run: RunFolder, time_budget_min=None, ema=False):
-    """One line per epoch, a snapshot after it, TensorBoard logs, and the time budget.
-    With ema (an optimizer that averages the weights), validation and the kept best
-    epoch use the averaged weights; the checkpoint keeps both, so a resumed run goes on."""
+def make_callbacks(run: RunFolder, time_budget_min=None):
+    """One line per epoch, a snapshot after it, TensorBoard logs, and the time budget."""
     import keras
-    swap = keras.callbacks.SwapEMAWeights() if ema else None  # averaged weights in, during validation
 
     class Snapshot(keras.callbacks.Callback):
-        def save_averaged(self, path):
-            swap.on_test_begin()
-            try:
-                self.model.save_weights(path)
-            finally:
-                swap.on_test_end()
-
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.time() - self.t0
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            run.save_epoch(self.model, {k: float(v) for k, v in logs.items()}, seconds,
-                           self.save_averaged if swap else None)
+            run.save_epoch(self.model, {k: float(v) for k, v in logs.items()}, seconds)
             print(f"epoch {epoch + 1:3d}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
                   f"val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}  "
                   f"lr {lr:.4f}  {seconds:.0f}s", flush=True)
@@ -243,7 +227,7 @@ def make_callbacks(run: RunFolder, time_budget_min=None, ema=False):
                 self.model.stop_training = True
 
     return [keras.callbacks.TensorBoard(str(run.folder / "tensorboard"), write_graph=False, profile_batch=0),
-            *([swap] if swap else []), Snapshot()]
+            Snapshot()]
 
 
 # ---------------------------------------------------------------- the batch-norm pass
