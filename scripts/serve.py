@@ -57,6 +57,18 @@ def check_port(host, port):
 
 def main(argv=None):
     args = parse_args(argv)
+    server = None
+
+    # Ctrl-C or SIGTERM at any moment: while loading, stop at once; once serving, a clean
+    # shutdown (a second one: at once). Installed first, as a parent may have left SIGINT ignored.
+    def stop(signum, frame):
+        if server is None:
+            raise KeyboardInterrupt
+        server.force_exit = server.should_exit
+        server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: give a port from 1 to 65535")
     check_port(args.host, args.port)  # before the models load: a taken port is said at once
@@ -84,12 +96,6 @@ def main(argv=None):
 
     server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
 
-    def stop(signum, frame):  # Ctrl-C or SIGTERM, at any moment: a clean shutdown (a second one: at once)
-        server.force_exit = server.should_exit
-        server.should_exit = True
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
     try:
         server.run()
     except SystemExit:  # uvicorn exits when it cannot bind
