@@ -86,7 +86,7 @@ def main(argv=None):
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
-        def capture_signals(self):  # ours, below: installed before the event loop starts, so no race
+        def capture_signals(self):  # ours, at the top of main(): installed before the event loop, so no race
             yield
 
         async def startup(self, sockets=None):
