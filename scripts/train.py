@@ -56,9 +56,6 @@ def parse_args(argv=None):
                         "saved model, which still takes 48x48); training shifts the crop at random by up to "
                         "half the margin, so it trains on random crops, and the 10-view prediction becomes "
                         "ten crops (default: %(default)s, the whole face)")
-    p.add_argument("--residual", action="store_true",
-                   help="our CNN: add the input of each stage's second convolution to its output (a "
-                        "residual connection; the same size and cost) (default: off)")
     p.add_argument("--whiten", action="store_true",
                    help="our CNN: replace its first convolution (32 learnt filters) with a fixed one that "
                         "whitens 3x3 patches (18 filters computed from the training faces), a cheaper first "
@@ -127,8 +124,8 @@ def parse_args(argv=None):
         p.error("--weights needs --backbone mobilenet")
     if not (32 <= args.crop_px <= IMAGE_SIZE and args.crop_px % 2 == 0):
         p.error(f"--crop-px must be even, from 32 to {IMAGE_SIZE}")
-    if args.backbone != "vgg" and (args.crop_px != IMAGE_SIZE or args.residual or args.whiten or args.cycles != 1):
-        p.error("--crop-px, --residual, --whiten and --cycles are options of our own CNN (--backbone vgg)")
+    if args.backbone != "vgg" and (args.crop_px != IMAGE_SIZE or args.whiten or args.cycles != 1):
+        p.error("--crop-px, --whiten and --cycles are options of our own CNN (--backbone vgg)")
     after_warmup = args.epochs - args.warmup_epochs
     if args.cycles < 1 or (args.cycles > 1 and (args.warmup_epochs % 1 or after_warmup % args.cycles)):
         p.error("--cycles must be positive and divide the whole epochs after the warm-up")
@@ -142,7 +139,7 @@ def build_network(args, x_train=None):
     if args.backbone == "mobilenet":
         weights = None if args.weights == "none" or x_train is None else args.weights
         return nets.build_mobilenet(weights, args.input_px, args.dropout)
-    model = nets.build_cnn(args.width, args.dropout, args.crop_px, args.residual, args.whiten)
+    model = nets.build_cnn(args.width, args.dropout, args.crop_px, args.whiten)
     if args.whiten and x_train is not None:
         model.get_layer("whiten").set_weights([nets.patch_whitening(x_train, seed=args.seed)])
     return model
@@ -163,7 +160,7 @@ def main(argv=None):
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
               and not (k == "crop_px" and v == IMAGE_SIZE) and not (k == "cycles" and v == 1)
-              and not (k in ("residual", "whiten") and not v)}
+              and not (k == "whiten" and not v)}
     if args.backbone == "vgg":  # options of the pre-trained model only
         for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):
             config.pop(k)

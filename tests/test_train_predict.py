@@ -126,13 +126,6 @@ def test_random_crops_are_whole_pixel_crops_of_the_face():
     assert len(offsets) > 10  # of the 25 possible
 
 
-def test_residual_network_has_the_same_size():
-    plain, residual = nets.build_cnn(8), nets.build_cnn(8, residual=True)
-    assert residual.count_params() == plain.count_params()
-    assert [layer.name for layer in residual.layers if layer.name.startswith("residual")] == [
-        f"residual{k}" for k in range(1, 5)]
-
-
 def test_patch_whitening_decorrelates_3x3_patches():
     import cv2
     rng = np.random.default_rng(1)
@@ -147,16 +140,15 @@ def test_patch_whitening_decorrelates_3x3_patches():
 
 
 @needs_shared
-def test_whitened_residual_network_trains(prepared_data, tmp_path):
-    result = run_script("train.py", *TINY, "--epochs", "1", "--whiten", "--residual",
+def test_whitened_network_trains(prepared_data, tmp_path):
+    result = run_script("train.py", *TINY, "--epochs", "1", "--whiten",
                         "--data-dir", prepared_data, "--out", tmp_path, "--no-evaluate")
     assert result.returncode == 0, result.stderr[-2000:]
     model = nets.load_model(tmp_path / "my_own_model.pkl")
     data = fer2013.subset(fer2013.load_prepared(prepared_data), 384, 1)
     assert np.allclose(model.get_layer("whiten").get_weights()[0], nets.patch_whitening(data["x_train"], seed=1))
-    assert "residual4" in [layer.name for layer in model.layers]
     config = json.loads((tmp_path / "metrics.json").read_text())["config"]
-    assert config["whiten"] and config["residual"]
+    assert config["whiten"]
     refused = run_script("train.py", "--backbone", "mobilenet", "--whiten", "--out", tmp_path / "bad")
     assert refused.returncode == 2 and "options of our own CNN" in refused.stderr
 

@@ -20,14 +20,11 @@ MODEL_ALIASES = {"own": MODEL_PATH, "pre_trained": MODEL_DIR / "pre_trained_mode
 
 
 # ---------------------------------------------------------------- the networks
-def build_cnn(width=32, dropout=0.3, crop_px=IMAGE_SIZE, residual=False, whiten=False):
+def build_cnn(width=32, dropout=0.3, crop_px=IMAGE_SIZE, whiten=False):
     """Our VGG-style CNN: four stages of two 3x3 convolutions (width, 2x, 4x, 8x channels)
     with batch norm, max pooling after each stage, then a 256-unit dense head. With
     crop_px < 48 it sees only the central crop_px x crop_px pixels (the training pipeline
-    then shifts each face so that it trains on random crops). residual=True adds the input
-    of each stage's second convolution to its batch-normalised output, before the ReLU
-    (the channels match, so the shortcut costs nothing; not in the first stage after the
-    whitening, whose 18 channels do not). whiten=True replaces the first
+    then shifts each face so that it trains on random crops). whiten=True replaces the first
     convolution with a fixed one, `whiten`, whose kernel patch_whitening() computes from
     the training faces (set it after building)."""
     import keras
@@ -39,15 +36,12 @@ def build_cnn(width=32, dropout=0.3, crop_px=IMAGE_SIZE, residual=False, whiten=
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit")(x)
     for stage, mult in enumerate([1, 2, 4, 8], start=1):
         for k in range(2):
-            shortcut = x
             if whiten and stage == 1 and k == 0:
                 x = layers.Conv2D(WHITENING_FILTERS, 3, padding="same", use_bias=False, trainable=False,
                                   name="whiten")(x)
             else:
                 x = layers.Conv2D(width * mult, 3, padding="same", use_bias=False, name=f"conv{stage}_{k + 1}")(x)
             x = layers.BatchNormalization(name=f"bn{stage}_{k + 1}")(x)
-            if residual and k == 1 and shortcut.shape[-1] == x.shape[-1]:  # not after the whitening
-                x = layers.Add(name=f"residual{stage}")([x, shortcut])
             x = layers.ReLU(name=f"relu{stage}_{k + 1}")(x)
         x = layers.MaxPooling2D(name=f"pool{stage}")(x)
     # A 3x3 spatial map left (2x2 from a 44 or 40 crop): flattening keeps where features are (mouth vs eyes).
