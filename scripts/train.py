@@ -60,11 +60,6 @@ def parse_args(argv=None):
                    help="our CNN: replace its first convolution (32 learnt filters) with a fixed one that "
                         "whitens 3x3 patches (18 filters computed from the training faces), a cheaper first "
                         "stage (default: off)")
-    p.add_argument("--cycles", type=int, default=1,
-                   help="our CNN: after the warm-up, this many cosine decays of equal length, each restarting "
-                        "at --lr; the network at the end of each cycle is also saved, after its own batch-norm "
-                        "pass, as MODEL_NAME_cycleK.pkl, the members of a snapshot ensemble for ensemble.py "
-                        "(default: %(default)s, one decay)")
     p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability (default: %(default)s)")
     p.add_argument("--no-batch-norm-pass", action="store_true",
                    help="our own CNN ends its run with one pass over the un-augmented training images that "
@@ -124,11 +119,8 @@ def parse_args(argv=None):
         p.error("--weights needs --backbone mobilenet")
     if not (32 <= args.crop_px <= IMAGE_SIZE and args.crop_px % 2 == 0):
         p.error(f"--crop-px must be even, from 32 to {IMAGE_SIZE}")
-    if args.backbone != "vgg" and (args.crop_px != IMAGE_SIZE or args.whiten or args.cycles != 1):
-        p.error("--crop-px, --whiten and --cycles are options of our own CNN (--backbone vgg)")
-    after_warmup = args.epochs - args.warmup_epochs
-    if args.cycles < 1 or (args.cycles > 1 and (args.warmup_epochs % 1 or after_warmup % args.cycles)):
-        p.error("--cycles must be positive and divide the whole epochs after the warm-up")
+    if args.backbone != "vgg" and (args.crop_px != IMAGE_SIZE or args.whiten):
+        p.error("--crop-px and --whiten are options of our own CNN (--backbone vgg)")
     return args
 
 
@@ -159,8 +151,7 @@ def main(argv=None):
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
-              and not (k == "crop_px" and v == IMAGE_SIZE) and not (k == "cycles" and v == 1)
-              and not (k == "whiten" and not v)}
+              and not (k == "crop_px" and v == IMAGE_SIZE) and not (k == "whiten" and not v)}
     if args.backbone == "vgg":  # options of the pre-trained model only
         for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):
             config.pop(k)
@@ -184,12 +175,9 @@ def main(argv=None):
     # ------------------------------------------------------------ model (new, or the interrupted run's)
     start = run.epochs_done
 
-    def compile_phase(model, peak_lr, epochs, warmup_epochs, constant=False, cycles=1):
+    def compile_phase(model, peak_lr, epochs, warmup_epochs, constant=False):
         training.compile_sgd(model, peak_lr, steps_per_epoch * epochs, int(warmup_epochs * steps_per_epoch),
-                             args.weight_decay, args.label_smoothing, constant, cycles)
-    # The epochs (from 1) that end a learning-rate cycle, whose networks are kept apart.
-    cycle_length = (args.epochs - args.warmup_epochs) // args.cycles
-    cycle_ends = [round(args.warmup_epochs + k * cycle_length) for k in range(1, args.cycles + 1)] * (args.cycles > 1)
+                             args.weight_decay, args.label_smoothing, constant)
 
     # The pre-trained model first trains its new head on a frozen backbone (a constant
     # rate), then fine-tunes everything; our own CNN has a single phase.
@@ -205,7 +193,7 @@ def main(argv=None):
             elif args.backbone == "mobilenet":  # random initialisation: nothing to freeze
                 compile_phase(model, args.finetune_lr, args.epochs, 1)
             else:
-                compile_phase(model, args.lr, args.epochs, args.warmup_epochs, cycles=args.cycles)
+                compile_phase(model, args.lr, args.epochs, args.warmup_epochs)
     print(f"{f'resuming after epoch {start}:' if start else 'training'} {model.name}, "
           f"{model.count_params():,} parameters, {len(data['x_train']):,} train / {len(data['x_val']):,} "
           f"validation images, {args.epochs} epochs of {steps_per_epoch} steps"
@@ -213,7 +201,7 @@ def main(argv=None):
 
     # ------------------------------------------------------------ fit
     warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our tf.data pipeline shuffles
-    callbacks = training.make_callbacks(run, args.time_budget, cycle_ends)
+    callbacks = training.make_callbacks(run, args.time_budget)
     if frozen_epochs and start < frozen_epochs:
         model.fit(train_ds, validation_data=val_ds, epochs=frozen_epochs, initial_epoch=start,
                   verbose=0, callbacks=callbacks)
@@ -230,48 +218,31 @@ def main(argv=None):
     # ------------------------------------------------------------ choose: best epoch, batch-norm pass
     # The best validation epoch, rebuilt in float32 so that inference needs no bf16 support.
     history = run.history()
-    keras.mixed_precision.set_global_policy("float32")
-
-    def rebuild(weights_path, val_acc):
-        """The network with these weights, its batch-norm pass, and its validation accuracy."""
-        network = build_network(args)
-        network.load_weights(weights_path)
-        batch_norm = None
-        if args.backbone == "vgg" and not args.no_batch_norm_pass:
-            network, batch_norm = training.batch_norm_pass(network, data, args.batch_size)
-            if batch_norm["kept"]:
-                val_acc = batch_norm["val_accuracy_recomputed"]
-        return network, batch_norm, val_acc
-
     kept_epoch = run.state["best_epoch"] + 1
-    final, batch_norm, kept_val = rebuild(run.best_weights(), float(history["val_accuracy"].max()))
+    kept_val = float(history["val_accuracy"].max())
+    keras.mixed_precision.set_global_policy("float32")
+    final = build_network(args)
+    final.load_weights(run.best_weights())
+    batch_norm = None
+    if args.backbone == "vgg" and not args.no_batch_norm_pass:
+        final, batch_norm = training.batch_norm_pass(final, data, args.batch_size)
+        if batch_norm["kept"]:
+            kept_val = batch_norm["val_accuracy_recomputed"]
 
-    # ------------------------------------------------------------ save and report
+    # ------------------------------------------------------------ save
     wall_minutes = sum(run.state["wall_seconds"]) / 60
     model_path = out / f"{args.model_name}.pkl"
     nets.save_model(final, model_path)
     print(f"saved {model_path} (epoch {kept_epoch}, val_acc {kept_val:.4f}); training took {wall_minutes:.1f} min",
           flush=True)
-    record = {"command": " ".join(["python scripts/train.py", *sys.argv[1:]]), "epochs_run": len(history),
-              "parameters": int(final.count_params()), "config": config,
-              "machine": {**machine(), "tensorflow": tf.__version__, "keras": keras.__version__}}
-    metrics = {"model": model_path.name, **record, "kept_epoch": kept_epoch, "val_accuracy": kept_val,
-               "batch_norm_pass": batch_norm, "train_wall_minutes": wall_minutes}
-    reports.write_reports(final, metrics, history, data, out, args.model_name, evaluate_test=not args.no_evaluate)
 
-    # The snapshot ensemble's members: the network at the end of each learning-rate cycle,
-    # each with the wall time of its own cycle (so that their sum is the run's).
-    for k, end in enumerate(cycle_ends, start=1):
-        if run.cycle_weights(k).exists():  # not if the time budget stopped the run first
-            name = f"{args.model_name}_cycle{k}"
-            member, member_batch_norm, member_val = rebuild(run.cycle_weights(k), history["val_accuracy"][end - 1])
-            nets.save_model(member, out / f"{name}.pkl")
-            start_epoch = cycle_ends[k - 2] if k > 1 else 0
-            reports.write_reports(member, {"model": f"{name}.pkl", **record, "kept_epoch": end,
-                                           "val_accuracy": member_val, "batch_norm_pass": member_batch_norm,
-                                           "train_wall_minutes": sum(run.state["wall_seconds"][start_epoch:end]) / 60},
-                                  None, data, out, name, evaluate_test=False)
-            print(f"saved {out / name}.pkl (the end of cycle {k}, epoch {end}, val_acc {member_val:.4f})", flush=True)
+    # ------------------------------------------------------------ report
+    metrics = {"model": model_path.name, "command": " ".join(["python scripts/train.py", *sys.argv[1:]]),
+               "epochs_run": len(history), "kept_epoch": kept_epoch, "val_accuracy": kept_val,
+               "batch_norm_pass": batch_norm, "train_wall_minutes": wall_minutes,
+               "parameters": int(final.count_params()), "config": config,
+               "machine": {**machine(), "tensorflow": tf.__version__, "keras": keras.__version__}}
+    reports.write_reports(final, metrics, history, data, out, args.model_name, evaluate_test=not args.no_evaluate)
     run.finish(reports.artifact(out, args.model_name, "tensorboard"))
     return 0
 

@@ -153,43 +153,6 @@ def test_whitened_network_trains(prepared_data, tmp_path):
     assert refused.returncode == 2 and "options of our own CNN" in refused.stderr
 
 
-def test_restarted_schedule_peaks_at_each_cycle_start_and_survives_a_checkpoint(tmp_path):
-    import keras
-    from expressions import training
-    schedule = training.cosine_cycles_class()(0.1, 10, 20)  # warm-up 10 steps, then cycles of 20
-    lr = [float(schedule(step)) for step in range(50)]
-    assert lr[0] == pytest.approx(0.001) and lr[10] == pytest.approx(0.1) and lr[30] == pytest.approx(0.1)
-    assert lr[29] < 0.002 and lr[49] < 0.002 and lr[9] < lr[10] and lr[20] == pytest.approx(0.05)
-    model = nets.build_cnn(8)
-    training.compile_sgd(model, 0.1, 50, 10, 5e-4, 0.1, cycles=2)
-    model.optimizer.build(model.trainable_variables)
-    model.optimizer.iterations.assign(30)
-    model.save(tmp_path / "model.keras")
-    reloaded = keras.models.load_model(tmp_path / "model.keras")
-    assert float(reloaded.optimizer.learning_rate) == pytest.approx(0.1)
-
-
-@needs_shared
-def test_cycles_save_the_snapshot_ensemble_members(prepared_data, tmp_path):
-    result = run_script("train.py", *TINY, "--epochs", "5", "--warmup-epochs", "1", "--cycles", "2",
-                        "--data-dir", prepared_data, "--out", tmp_path, "--no-evaluate")
-    assert result.returncode == 0, result.stderr[-2000:]
-    metrics = [json.loads((tmp_path / f"my_own_model_cycle{k}_metrics.json").read_text()) for k in (1, 2)]
-    assert [m["kept_epoch"] for m in metrics] == [3, 5]  # warm-up 1 epoch, then two cycles of 2
-    assert sum(m["train_wall_minutes"] for m in metrics) == pytest.approx(
-        json.loads((tmp_path / "metrics.json").read_text())["train_wall_minutes"])
-    # The rate each epoch ends on (the next step's): peak 0.05 at each cycle's start, half way in between.
-    assert [float(lr) for lr in re.findall(r" lr ([0-9.]+) ", result.stdout)] == pytest.approx(
-        [0.05, 0.025, 0.05, 0.025, 0.05], abs=1e-4)
-    ensemble = run_script("ensemble.py", tmp_path / "my_own_model_cycle1.pkl", tmp_path / "my_own_model_cycle2.pkl",
-                          "--out", tmp_path / "snapshots.pkl", "--data-dir", prepared_data, "--no-evaluate")
-    assert ensemble.returncode == 0, ensemble.stderr[-2000:]
-    assert nets.load_model(tmp_path / "snapshots.pkl").output.shape[-1] == 7
-    for bad in ("0", "3"):  # 4 epochs after the warm-up: 3 cycles would not be whole epochs
-        refused = run_script("train.py", "--epochs", "5", "--warmup-epochs", "1", "--cycles", bad, "--out", tmp_path / "b")
-        assert refused.returncode == 2 and "--cycles must" in refused.stderr
-
-
 @needs_shared
 def test_network_on_random_crops_trains_and_takes_whole_faces(prepared_data, tmp_path):
     result = run_script("train.py", *TINY, "--epochs", "1", "--crop-px", "44", "--data-dir", prepared_data,

@@ -2,7 +2,6 @@
 schedule, the per-epoch snapshots that make a run resumable, and the batch-norm pass."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -90,50 +89,17 @@ def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE):
 
 
 # ---------------------------------------------------------------- optimizer
-def compile_sgd(model, peak_lr, steps, warmup_steps, weight_decay, label_smoothing, constant=False, cycles=1):
+def compile_sgd(model, peak_lr, steps, warmup_steps, weight_decay, label_smoothing, constant=False):
     """SGD with Nesterov momentum: linear warm-up to peak_lr, then cosine decay to zero
-    over the rest of `steps` (or peak_lr throughout, with constant=True); with cycles > 1
-    the decay restarts at peak_lr that many times (a snapshot ensemble's schedule)."""
+    over the rest of `steps` (or peak_lr throughout, with constant=True)."""
     import keras
     warmup_steps = min(warmup_steps, steps - 1)
-    if constant:
-        schedule = peak_lr
-    elif cycles > 1:
-        schedule = cosine_cycles_class()(peak_lr, warmup_steps, (steps - warmup_steps) // cycles)
-    else:
-        schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=peak_lr * 0.01, decay_steps=steps - warmup_steps, alpha=0.0,
-            warmup_target=peak_lr, warmup_steps=warmup_steps)
+    schedule = peak_lr if constant else keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=peak_lr * 0.01, decay_steps=steps - warmup_steps, alpha=0.0,
+        warmup_target=peak_lr, warmup_steps=warmup_steps)
     model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=weight_decay),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
                   metrics=["accuracy"])
-
-
-@functools.cache
-def cosine_cycles_class():
-    """The restarted schedule, a Keras class made once TensorFlow is loaded (registered, so
-    that an interrupted run's checkpoint loads with it)."""
-    import keras
-
-    @keras.saving.register_keras_serializable(package="expressions")
-    class WarmupCosineCycles(keras.optimizers.schedules.LearningRateSchedule):
-        """Linear warm-up from 1 % to peak_lr, then cosine decays from peak_lr to zero,
-        each cycle_steps long, restarting at peak_lr (Huang et al. 2017, snapshot ensembles)."""
-
-        def __init__(self, peak_lr, warmup_steps, cycle_steps):
-            self.peak_lr, self.warmup_steps, self.cycle_steps = peak_lr, warmup_steps, cycle_steps
-
-        def __call__(self, step):
-            from keras import ops
-            step = ops.cast(step, "float32")
-            warm = self.peak_lr * (0.01 + 0.99 * step / max(self.warmup_steps, 1))
-            phase = ops.mod(step - self.warmup_steps, self.cycle_steps) / self.cycle_steps
-            return ops.where(step < self.warmup_steps, warm, 0.5 * self.peak_lr * (1 + ops.cos(np.pi * phase)))
-
-        def get_config(self):
-            return {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps, "cycle_steps": self.cycle_steps}
-
-    return WarmupCosineCycles
 
 
 def cpu_has_bf16():
@@ -193,7 +159,6 @@ class RunFolder:
 
     def load_checkpoint(self):
         import keras
-        cosine_cycles_class()  # registered, in case this run restarts its schedule
         try:
             return keras.models.load_model(self.latest / "model.keras")
         except Exception as err:
@@ -202,15 +167,6 @@ class RunFolder:
 
     def best_weights(self):
         return self.latest / "best.weights.h5"
-
-    def cycle_weights(self, cycle):
-        """Where the network at the end of learning-rate cycle `cycle` (1, 2, ...) is kept."""
-        return self.folder / f"cycle-{cycle}.weights.h5"
-
-    def save_cycle_end(self, model, cycle):
-        tmp = self.folder / f"cycle-{cycle}.tmp.weights.h5"
-        model.save_weights(tmp)
-        os.replace(tmp, self.cycle_weights(cycle))
 
     def save_epoch(self, model, logs, seconds):
         """Record one finished epoch: the new snapshot replaces the previous one."""
@@ -250,9 +206,8 @@ class RunFolder:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def make_callbacks(run: RunFolder, time_budget_min=None, cycle_ends=()):
-    """One line per epoch, a snapshot after it, TensorBoard logs, and the time budget;
-    the weights at each of `cycle_ends` (epoch numbers from 1) are kept apart."""
+def make_callbacks(run: RunFolder, time_budget_min=None):
+    """One line per epoch, a snapshot after it, TensorBoard logs, and the time budget."""
     import keras
 
     class Snapshot(keras.callbacks.Callback):
@@ -262,8 +217,6 @@ def make_callbacks(run: RunFolder, time_budget_min=None, cycle_ends=()):
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.time() - self.t0
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            if epoch + 1 in cycle_ends:  # before the epoch is recorded: a resumed run has both or neither
-                run.save_cycle_end(self.model, list(cycle_ends).index(epoch + 1) + 1)
             run.save_epoch(self.model, {k: float(v) for k, v in logs.items()}, seconds)
             print(f"epoch {epoch + 1:3d}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
                   f"val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}  "
