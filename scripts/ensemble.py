@@ -1,13 +1,13 @@
 """Average trained models into one model file, and write its reports.
 
-The committed model is such an ensemble: two runs of the same recipe (seeds 1 and 2),
-whose mean probabilities read 71.24 % of the validation images against 70.09 % for one
-run (10 views, McNemar p = 0.009; iterations.md, section 9). The result is still one
-Keras model that takes raw 48x48x1 pixels and returns 7 probabilities, so every script,
-the TensorFlow Lite export and the web app use it unchanged; each face costs one
-classification per member.
+The committed model is such an ensemble: three runs (seeds 1 and 2 of the recipe, and
+seed 5 trained on random 44-pixel crops), whose mean probabilities read 72.21 % of the
+validation images against 70.09-70.61 % for each run alone (10 views; iterations.md,
+section 9). The result is still one Keras model that takes raw 48x48x1 pixels and
+returns 7 probabilities, so every script, the TensorFlow Lite export and the web app use
+it unchanged; each face costs one classification per member.
 
-    python scripts/ensemble.py results/model/runs/run3b.pkl results/model/runs/run10_seed2.pkl
+    python scripts/ensemble.py results/model/runs/{run3b,run10_seed2,run13_crop44}.pkl
 
 Each member's training record is read from the MEMBER_metrics.json that train.py wrote
 beside it. Writes the ensemble (--out) with its metrics.json (test figures per
