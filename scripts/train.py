@@ -56,10 +56,6 @@ def parse_args(argv=None):
                         "saved model, which still takes 48x48); training shifts the crop at random by up to "
                         "half the margin, so it trains on random crops, and the 10-view prediction becomes "
                         "ten crops (default: %(default)s, the whole face)")
-    p.add_argument("--whiten", action="store_true",
-                   help="our CNN: replace its first convolution (32 learnt filters) with a fixed one that "
-                        "whitens 3x3 patches (18 filters computed from the training faces), a cheaper first "
-                        "stage (default: off)")
     p.add_argument("--bias-lr-scale", type=float, default=1.0,
                    help="the batch-norm biases learn this many times faster than the other weights (airbench "
                         "uses 64; their weight decay is not scaled) (default: %(default)s)")
@@ -124,22 +120,18 @@ def parse_args(argv=None):
         p.error("--weights needs --backbone mobilenet")
     if not (32 <= args.crop_px <= IMAGE_SIZE and args.crop_px % 2 == 0):
         p.error(f"--crop-px must be even, from 32 to {IMAGE_SIZE}")
-    if args.backbone != "vgg" and (args.crop_px != IMAGE_SIZE or args.whiten):
-        p.error("--crop-px and --whiten are options of our own CNN (--backbone vgg)")
+    if args.backbone != "vgg" and args.crop_px != IMAGE_SIZE:
+        p.error("--crop-px is an option of our own CNN (--backbone vgg)")
     return args
 
 
 def build_network(args, x_train=None):
-    """The network --backbone asks for, with its starting weights (ImageNet, or the
-    whitening computed from x_train); without x_train only its shape, for a model whose
-    weights are loaded from a snapshot next."""
+    """The network --backbone asks for, with its starting weights (ImageNet); without
+    x_train only its shape, for a model whose weights are loaded from a snapshot next."""
     if args.backbone == "mobilenet":
         weights = None if args.weights == "none" or x_train is None else args.weights
         return nets.build_mobilenet(weights, args.input_px, args.dropout)
-    model = nets.build_cnn(args.width, args.dropout, args.crop_px, args.whiten)
-    if args.whiten and x_train is not None:
-        model.get_layer("whiten").set_weights([nets.patch_whitening(x_train, seed=args.seed)])
-    return model
+    return nets.build_cnn(args.width, args.dropout, args.crop_px)
 
 
 def main(argv=None):
@@ -156,7 +148,7 @@ def main(argv=None):
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
-              and not (k == "crop_px" and v == IMAGE_SIZE) and not (k == "whiten" and not v)
+              and not (k == "crop_px" and v == IMAGE_SIZE)
               and not (k == "bias_lr_scale" and v == 1)}
     if args.backbone == "vgg":  # options of the pre-trained model only
         for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):

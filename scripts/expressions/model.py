@@ -20,13 +20,11 @@ MODEL_ALIASES = {"own": MODEL_PATH, "pre_trained": MODEL_DIR / "pre_trained_mode
 
 
 # ---------------------------------------------------------------- the networks
-def build_cnn(width=32, dropout=0.3, crop_px=IMAGE_SIZE, whiten=False):
+def build_cnn(width=32, dropout=0.3, crop_px=IMAGE_SIZE):
     """Our VGG-style CNN: four stages of two 3x3 convolutions (width, 2x, 4x, 8x channels)
     with batch norm, max pooling after each stage, then a 256-unit dense head. With
     crop_px < 48 it sees only the central crop_px x crop_px pixels (the training pipeline
-    then shifts each face so that it trains on random crops). whiten=True replaces the first
-    convolution with a fixed one, `whiten`, whose kernel patch_whitening() computes from
-    the training faces (set it after building)."""
+    then shifts each face so that it trains on random crops)."""
     import keras
     from keras import layers
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")
@@ -36,11 +34,7 @@ def build_cnn(width=32, dropout=0.3, crop_px=IMAGE_SIZE, whiten=False):
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit")(x)
     for stage, mult in enumerate([1, 2, 4, 8], start=1):
         for k in range(2):
-            if whiten and stage == 1 and k == 0:
-                x = layers.Conv2D(WHITENING_FILTERS, 3, padding="same", use_bias=False, trainable=False,
-                                  name="whiten")(x)
-            else:
-                x = layers.Conv2D(width * mult, 3, padding="same", use_bias=False, name=f"conv{stage}_{k + 1}")(x)
+            x = layers.Conv2D(width * mult, 3, padding="same", use_bias=False, name=f"conv{stage}_{k + 1}")(x)
             x = layers.BatchNormalization(name=f"bn{stage}_{k + 1}")(x)
             x = layers.ReLU(name=f"relu{stage}_{k + 1}")(x)
         x = layers.MaxPooling2D(name=f"pool{stage}")(x)
@@ -52,24 +46,6 @@ def build_cnn(width=32, dropout=0.3, crop_px=IMAGE_SIZE, whiten=False):
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(len(EMOTIONS), activation="softmax", dtype="float32", name="emotion")(x)
     return keras.Model(inputs, outputs, name="fer_vgg")
-
-
-WHITENING_FILTERS = 18  # the 9 eigenvectors of 3x3 patches, and their negatives
-
-
-def patch_whitening(images, n_patches=200_000, seed=0):
-    """The kernel [3,3,1,18] of a fixed first layer (airbench's whitening convolution):
-    the eigenvectors of the covariance of 3x3 patches of the faces (scaled to -1..1 as the
-    network sees them), each divided by the square root of its eigenvalue, then the same
-    filters negated, so that the ReLU after them keeps both signs. images: [n,48,48,1]."""
-    rng = np.random.default_rng(seed)
-    x = images[..., 0].astype(np.float32) / 127.5 - 1
-    n, h, w = x.shape
-    i, r, c = rng.integers(0, n, n_patches), rng.integers(0, h - 2, n_patches), rng.integers(0, w - 2, n_patches)
-    patches = np.stack([x[i, r + dy, c + dx] for dy in range(3) for dx in range(3)], axis=1)
-    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(patches, rowvar=False))
-    kernel = (eigenvectors / np.sqrt(eigenvalues + 1e-4)).reshape(3, 3, 1, 9)  # patch (dy, dx) -> kernel[dy, dx]
-    return np.concatenate([kernel, -kernel], axis=-1).astype(np.float32)
 
 
 def build_mobilenet(weights, input_px=96, dropout=0.3):
