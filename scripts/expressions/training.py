@@ -125,7 +125,7 @@ def sgd_class():
 
             def build(self, variables):
                 super().build(variables)
-                self.is_bias = [isinstance(v.path, str) and v.path.endswith("/beta") for v in variables]
+                self.is_bias = [v.path.endswith("/beta") for v in variables]
 
             def update_step(self, gradient, variable, learning_rate):
                 if self.bias_lr_scale != 1.0 and self.is_bias[self._get_variable_index(variable)]:
