@@ -56,9 +56,6 @@ def parse_args(argv=None):
                         "saved model, which still takes 48x48); training shifts the crop at random by up to "
                         "half the margin, so it trains on random crops, and the 10-view prediction becomes "
                         "ten crops (default: %(default)s, the whole face)")
-    p.add_argument("--bias-lr-scale", type=float, default=1.0,
-                   help="the batch-norm biases learn this many times faster than the other weights (airbench "
-                        "uses 64; their weight decay is not scaled) (default: %(default)s)")
     p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability (default: %(default)s)")
     p.add_argument("--no-batch-norm-pass", action="store_true",
                    help="our own CNN ends its run with one pass over the un-augmented training images that "
@@ -107,8 +104,6 @@ def parse_args(argv=None):
         args.epochs = 50 if args.backbone == "vgg" else 10
     if args.epochs < 1 or args.batch_size < 1:
         p.error("--epochs and --batch-size must be positive")
-    if not args.bias_lr_scale > 0:
-        p.error("--bias-lr-scale must be positive")
     if args.model_name is None:
         args.model_name = "my_own_model" if args.backbone == "vgg" else "pre_trained_model"
     if args.backbone == "mobilenet":
@@ -148,8 +143,7 @@ def main(argv=None):
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
-              and not (k == "crop_px" and v == IMAGE_SIZE)
-              and not (k == "bias_lr_scale" and v == 1)}
+              and not (k == "crop_px" and v == IMAGE_SIZE)}
     if args.backbone == "vgg":  # options of the pre-trained model only
         for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):
             config.pop(k)
@@ -175,7 +169,7 @@ def main(argv=None):
 
     def compile_phase(model, peak_lr, epochs, warmup_epochs, constant=False):
         training.compile_sgd(model, peak_lr, steps_per_epoch * epochs, int(warmup_epochs * steps_per_epoch),
-                             args.weight_decay, args.label_smoothing, constant, args.bias_lr_scale)
+                             args.weight_decay, args.label_smoothing, constant)
 
     # The pre-trained model first trains its new head on a frozen backbone (a constant
     # rate), then fine-tunes everything; our own CNN has a single phase.

@@ -142,31 +142,6 @@ def test_network_on_random_crops_trains_and_takes_whole_faces(prepared_data, tmp
     assert refused.returncode == 2 and "an option of our own CNN" in refused.stderr
 
 
-def test_batch_norm_biases_learn_faster_and_the_optimizer_reloads(tmp_path):
-    """--bias-lr-scale K: one SGD step moves every batch-norm bias K times as far as with
-    K = 1, and nothing else differently; a checkpoint keeps K."""
-    import keras
-    from expressions import training
-    x = np.random.default_rng(0).uniform(0, 255, (16, 48, 48, 1)).astype(np.float32)
-    y = np.eye(7, dtype=np.float32)[np.arange(16) % 7]
-    steps = {}
-    for scale in (1.0, 64.0):
-        keras.utils.set_random_seed(0)
-        model = nets.build_cnn(4, dropout=0.0)
-        training.compile_sgd(model, 0.01, 10, 0, 0.0, 0.0, constant=True, bias_lr_scale=scale)
-        before = {v.path: v.numpy() for v in model.trainable_variables}
-        model.train_on_batch(x, y)
-        steps[scale] = {v.path: v.numpy() - before[v.path] for v in model.trainable_variables}
-    biases = [p for p in steps[1.0] if p.endswith("/beta")]
-    assert len(biases) == 9 and all(np.abs(steps[1.0][p]).max() > 0 for p in biases)
-    for p, step in steps[1.0].items():
-        assert np.allclose(steps[64.0][p], step * (64 if p in biases else 1), rtol=1e-3, atol=1e-7), p
-    model.save(tmp_path / "model.keras")
-    assert keras.models.load_model(tmp_path / "model.keras").optimizer.bias_lr_scale == 64
-    refused = run_script("train.py", "--bias-lr-scale", "0", "--out", tmp_path / "bad")
-    assert refused.returncode == 2 and "--bias-lr-scale must be positive" in refused.stderr
-
-
 def test_recompute_batch_norm_takes_the_plain_mean_of_the_batches():
     import keras
     from expressions import training

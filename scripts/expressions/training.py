@@ -89,54 +89,17 @@ def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE):
 
 
 # ---------------------------------------------------------------- optimizer
-def compile_sgd(model, peak_lr, steps, warmup_steps, weight_decay, label_smoothing, constant=False,
-                bias_lr_scale=1.0):
+def compile_sgd(model, peak_lr, steps, warmup_steps, weight_decay, label_smoothing, constant=False):
     """SGD with Nesterov momentum: linear warm-up to peak_lr, then cosine decay to zero
-    over the rest of `steps` (or peak_lr throughout, with constant=True). The batch-norm
-    biases learn bias_lr_scale times faster (their weight decay unchanged)."""
+    over the rest of `steps` (or peak_lr throughout, with constant=True)."""
     import keras
     warmup_steps = min(warmup_steps, steps - 1)
     schedule = peak_lr if constant else keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=peak_lr * 0.01, decay_steps=steps - warmup_steps, alpha=0.0,
         warmup_target=peak_lr, warmup_steps=warmup_steps)
-    model.compile(optimizer=sgd_class()(schedule, momentum=0.9, nesterov=True, weight_decay=weight_decay,
-                                        bias_lr_scale=bias_lr_scale),
+    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=weight_decay),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
                   metrics=["accuracy"])
-
-
-_SGD = None
-
-
-def sgd_class():
-    """Keras SGD whose batch-norm biases (beta) take bias_lr_scale times the learning rate
-    ("How to train your ResNet" and airbench use 64): the rest of the network is followed
-    by batch norm, so its weights' scale does not matter, but a bias moves by its learning
-    rate alone. Registered, so that a run's checkpoint loads with its optimizer."""
-    global _SGD
-    if _SGD is None:
-        import keras
-
-        @keras.saving.register_keras_serializable(package="expressions")
-        class SGDWithFastBiases(keras.optimizers.SGD):
-            def __init__(self, *args, bias_lr_scale=1.0, **kwargs):
-                super().__init__(*args, **kwargs)
-                self.bias_lr_scale = bias_lr_scale
-
-            def build(self, variables):
-                super().build(variables)
-                self.is_bias = [v.path.endswith("/beta") for v in variables]
-
-            def update_step(self, gradient, variable, learning_rate):
-                if self.bias_lr_scale != 1.0 and self.is_bias[self._get_variable_index(variable)]:
-                    learning_rate = learning_rate * self.bias_lr_scale
-                super().update_step(gradient, variable, learning_rate)
-
-            def get_config(self):
-                return {**super().get_config(), "bias_lr_scale": self.bias_lr_scale}
-
-        _SGD = SGDWithFastBiases
-    return _SGD
 
 
 def cpu_has_bf16():
@@ -196,7 +159,6 @@ class RunFolder:
 
     def load_checkpoint(self):
         import keras
-        sgd_class()  # registered before its checkpoint is read
         try:
             return keras.models.load_model(self.latest / "model.keras")
         except Exception as err:
