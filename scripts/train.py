@@ -120,11 +120,11 @@ def parse_args(argv=None):
     return args
 
 
-def build_network(args, x_train=None):
-    """The network --backbone asks for, with its starting weights (ImageNet); without
-    x_train only its shape, for a model whose weights are loaded from a snapshot next."""
+def build_network(args, starting_weights=True):
+    """The network --backbone asks for, with its starting weights (ImageNet for mobilenet);
+    starting_weights=False gives only its shape, for weights loaded from a snapshot next."""
     if args.backbone == "mobilenet":
-        weights = None if args.weights == "none" or x_train is None else args.weights
+        weights = None if args.weights == "none" or not starting_weights else args.weights
         return nets.build_mobilenet(weights, args.input_px, args.dropout)
     return nets.build_cnn(args.width, args.dropout, args.crop_px)
 
@@ -160,7 +160,7 @@ def main(argv=None):
     precision = "mixed bfloat16" if use_bf16 else "float32"
     if args.benchmark:
         with strategy.scope():
-            rate = training.training_throughput(build_network(args, data["x_train"]), train_ds, args.benchmark)
+            rate = training.training_throughput(build_network(args), train_ds, args.benchmark)
         print(f"{args.backbone} width {args.width}, batch {args.batch_size}, {precision}: {rate:.0f} training images/s")
         return 0
 
@@ -178,7 +178,7 @@ def main(argv=None):
         if start:
             model = run.load_checkpoint()
         else:
-            model = build_network(args, data["x_train"])
+            model = build_network(args)
             if frozen_epochs:
                 model.get_layer("backbone").trainable = False
                 compile_phase(model, args.lr, frozen_epochs, 0, constant=True)
@@ -213,7 +213,7 @@ def main(argv=None):
     kept_epoch = run.state["best_epoch"] + 1
     kept_val = float(history["val_accuracy"].max())
     keras.mixed_precision.set_global_policy("float32")
-    final = build_network(args)
+    final = build_network(args, starting_weights=False)
     final.load_weights(run.best_weights())
     batch_norm = None
     if args.backbone == "vgg" and not args.no_batch_norm_pass:
