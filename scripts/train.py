@@ -57,6 +57,11 @@ def parse_args(argv=None):
                         "half the margin, so it trains on random crops, and the 10-view prediction becomes "
                         "ten crops (default: %(default)s, the whole face)")
     p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability (default: %(default)s)")
+    p.add_argument("--include-validation", action="store_true",
+                   help="also train on the validation rows (all 28,709 Training rows): the final refit of a "
+                        "recipe already chosen on validation. Nothing is held out, so the last epoch is kept "
+                        "and the batch-norm pass is skipped (neither can be judged), and the validation "
+                        "accuracy printed each epoch is on images the network trains on (default: off)")
     p.add_argument("--no-batch-norm-pass", action="store_true",
                    help="our own CNN ends its run with one pass over the un-augmented training images that "
                         "recomputes the batch-norm statistics (kept only if validation accuracy improves); "
@@ -140,10 +145,12 @@ def main(argv=None):
     data = fer2013.load_prepared(args.data_dir)
     if args.subset:
         data = fer2013.subset(data, args.subset, args.seed)
+    if args.include_validation:
+        data = fer2013.validation_in_training(data)
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
-              and not (k == "crop_px" and v == IMAGE_SIZE)}
+              and not (k == "crop_px" and v == IMAGE_SIZE) and not (k == "include_validation" and not v)}
     if args.backbone == "vgg":  # options of the pre-trained model only
         for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):
             config.pop(k)
@@ -208,15 +215,19 @@ def main(argv=None):
                   callbacks=callbacks)
 
     # ------------------------------------------------------------ choose: best epoch, batch-norm pass
-    # The best validation epoch, rebuilt in float32 so that inference needs no bf16 support.
+    # The best validation epoch (the last one with --include-validation), rebuilt in float32
+    # so that inference needs no bf16 support.
     history = run.history()
-    kept_epoch = run.state["best_epoch"] + 1
-    kept_val = float(history["val_accuracy"].max())
     keras.mixed_precision.set_global_policy("float32")
     final = build_network(args, starting_weights=False)
-    final.load_weights(run.best_weights())
+    if args.include_validation:
+        kept_epoch, kept_val = len(history), None
+        final.set_weights(model.get_weights())
+    else:
+        kept_epoch, kept_val = run.state["best_epoch"] + 1, float(history["val_accuracy"].max())
+        final.load_weights(run.best_weights())
     batch_norm = None
-    if args.backbone == "vgg" and not args.no_batch_norm_pass:
+    if args.backbone == "vgg" and not args.no_batch_norm_pass and not args.include_validation:
         final, batch_norm = training.batch_norm_pass(final, data, args.batch_size)
         if batch_norm["kept"]:
             kept_val = batch_norm["val_accuracy_recomputed"]
@@ -225,12 +236,13 @@ def main(argv=None):
     wall_minutes = sum(run.state["wall_seconds"]) / 60
     model_path = out / f"{args.model_name}.pkl"
     nets.save_model(final, model_path)
-    print(f"saved {model_path} (epoch {kept_epoch}, val_acc {kept_val:.4f}); training took {wall_minutes:.1f} min",
-          flush=True)
+    val_note = "validation rows trained on" if kept_val is None else f"val_acc {kept_val:.4f}"
+    print(f"saved {model_path} (epoch {kept_epoch}, {val_note}); training took {wall_minutes:.1f} min", flush=True)
 
     # ------------------------------------------------------------ report
     metrics = {"model": model_path.name, "command": " ".join(["python scripts/train.py", *sys.argv[1:]]),
                "epochs_run": len(history), "kept_epoch": kept_epoch, "val_accuracy": kept_val,
+               "trained_on_validation": args.include_validation,
                "batch_norm_pass": batch_norm, "train_wall_minutes": wall_minutes,
                "parameters": int(final.count_params()), "config": config,
                "machine": {**machine(), "tensorflow": tf.__version__, "keras": keras.__version__}}

@@ -264,6 +264,13 @@ def load_test_csv(path: Path):
     return x[..., None], y.astype(int), usage
 
 
+def validation_in_training(data):
+    """The validation rows added to the training rows, for the final refit of a chosen
+    recipe; they stay in x_val too, so each epoch still reports on them (as seen images)."""
+    return {**data, "x_train": np.concatenate([data["x_train"], data["x_val"]]),
+            "y_train": np.concatenate([data["y_train"], data["y_val"]])}
+
+
 def subset(data, n_train, seed):
     """A random slice of n_train training images and a quarter as many validation images
     (test images untouched), for quick runs."""

@@ -32,15 +32,17 @@ def class_distribution(counts, path):
     save_figure(fig, path)
 
 
-def learning_curves(history, kept_epoch, path, batch_norm=None):
+def learning_curves(history, kept_epoch, path, batch_norm=None, validation_seen=False):
     """Loss and accuracy per epoch (a DataFrame with loss, accuracy, val_loss, val_accuracy),
-    the kept epoch, and validation after the batch-norm pass when it was kept."""
+    the kept epoch, and validation after the batch-norm pass when it was kept
+    (validation_seen: the run trained on the validation rows too)."""
     plt = _pyplot()
     epochs = np.arange(1, len(history) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key in zip(axes, ["loss", "accuracy"]):
         ax.plot(epochs, history[key], label=f"train {key} (augmented)")
-        ax.plot(epochs, history[f"val_{key}"], label=f"validation {key}")
+        seen = " (rows trained on)" if validation_seen else ""
+        ax.plot(epochs, history[f"val_{key}"], label=f"validation {key}{seen}")
         if key == "accuracy" and batch_norm and batch_norm["kept"]:
             ax.plot([kept_epoch], [batch_norm["val_accuracy_recomputed"]], "o", color="green",
                     label=f"after the batch-norm pass: validation {batch_norm['val_accuracy_recomputed']:.1%}")

@@ -46,7 +46,7 @@ def write_reports(model, metrics, history, data, out, model_name, evaluate_test=
                                f"test set ({best['n']:,} images), {DEFAULT_TTA} averaging: {best['accuracy']:.1%}")
     if history is not None:
         plots.learning_curves(history, metrics["kept_epoch"], artifact(out, model_name, "learning_curves.png"),
-                              metrics.get("batch_norm_pass"))
+                              metrics.get("batch_norm_pass"), metrics.get("trained_on_validation", False))
         write_text(artifact(out, model_name, "history.csv"), history.to_csv(index=False))
     write_json(artifact(out, model_name, "metrics.json"), metrics)
     write_text(Path(out) / f"{model_name}_architecture.txt", architecture_text(model, metrics))
@@ -78,9 +78,13 @@ def architecture_text(model, metrics):
 def run_lines(metrics):
     """How one training run went: epochs, kept epoch, batch-norm pass, wall time."""
     bn = metrics.get("batch_norm_pass")
-    best_epoch_val = bn["val_accuracy_moving_averages"] if bn else metrics["val_accuracy"]
-    run = [f"epochs run: {metrics['epochs_run']}, kept epoch: {metrics['kept_epoch']} "
-           f"(best validation accuracy {best_epoch_val:.2%})"]
+    if metrics.get("trained_on_validation"):
+        run = [f"epochs run: {metrics['epochs_run']}, kept epoch: {metrics['kept_epoch']} (the last: the validation "
+               "rows were trained on, so nothing was held out to choose another)"]
+    else:
+        best_epoch_val = bn["val_accuracy_moving_averages"] if bn else metrics["val_accuracy"]
+        run = [f"epochs run: {metrics['epochs_run']}, kept epoch: {metrics['kept_epoch']} "
+               f"(best validation accuracy {best_epoch_val:.2%})"]
     if bn:
         run.append(f"batch-norm pass (statistics recomputed on the un-augmented training images): validation "
                    f"accuracy {bn['val_accuracy_moving_averages']:.2%} -> {bn['val_accuracy_recomputed']:.2%}, "
