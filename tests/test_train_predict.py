@@ -142,6 +142,20 @@ def test_network_on_random_crops_trains_and_takes_whole_faces(prepared_data, tmp
     assert refused.returncode == 2 and "an option of our own CNN" in refused.stderr
 
 
+@needs_shared
+def test_refit_on_the_validation_rows_keeps_the_last_epoch(prepared_data, tmp_path):
+    result = run_script("train.py", *TINY, "--epochs", "2", "--include-validation", "--data-dir", prepared_data,
+                        "--out", tmp_path, "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "480 train / 96 validation images" in result.stdout  # 384 + 96: validation joins training
+    assert "validation rows trained on" in result.stdout and "batch-norm pass" not in result.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["trained_on_validation"] and metrics["kept_epoch"] == 2 and metrics["val_accuracy"] is None
+    assert metrics["config"]["include_validation"] is True
+    assert "the last: the validation rows were trained on" in (tmp_path / "my_own_model_architecture.txt").read_text()
+    nets.load_model(tmp_path / "my_own_model.pkl")
+
+
 def test_recompute_batch_norm_takes_the_plain_mean_of_the_batches():
     import keras
     from expressions import training
