@@ -17,9 +17,10 @@ from math import comb
 from pathlib import Path
 
 
-from expressions import DATA_DIR, run_cli
+from expressions import DATA_DIR, UserError, run_cli
 from expressions import data as fer2013
 from expressions import model as nets
+from expressions import reports
 
 
 def parse_args(argv=None):
@@ -43,6 +44,10 @@ def mcnemar_p(a_right, b_right):
 
 def main(argv=None):
     args = parse_args(argv)
+    for name in (args.candidate, args.baseline):
+        if reports.trained_on_validation(nets.model_path(name)):
+            raise UserError(f"{name} trained on the validation rows (its metrics.json says so): a comparison "
+                            "on them would flatter it; compare the same recipe trained without them")
     data = fer2013.load_prepared(args.data_dir)
     x, y = data["x_val"], data["y_val"].astype(int)
     p_base = nets.predict_in_batches(nets.load_model(args.baseline), x, args.tta)

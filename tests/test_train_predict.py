@@ -153,7 +153,17 @@ def test_refit_on_the_validation_rows_keeps_the_last_epoch(prepared_data, tmp_pa
     assert metrics["trained_on_validation"] and metrics["kept_epoch"] == 2 and metrics["val_accuracy"] is None
     assert metrics["config"]["include_validation"] is True
     assert "the last: the validation rows were trained on" in (tmp_path / "my_own_model_architecture.txt").read_text()
-    nets.load_model(tmp_path / "my_own_model.pkl")
+    # An ensemble with such a member quotes no validation figure: those rows were trained on.
+    shutil.copy(tmp_path / "metrics.json", tmp_path / "twin_metrics.json")
+    shutil.copy(tmp_path / "my_own_model.pkl", tmp_path / "twin.pkl")
+    made = run_script("ensemble.py", tmp_path / "my_own_model.pkl", tmp_path / "twin.pkl", "--out",
+                      tmp_path / "ens.pkl", "--data-dir", prepared_data, "--no-evaluate")
+    assert made.returncode == 0 and "validation accuracy: not measured" in made.stdout, made.stderr[-2000:]
+    ensemble = json.loads((tmp_path / "ens_metrics.json").read_text())
+    assert ensemble["trained_on_validation"] and ensemble["val_accuracy"] is None
+    # ... and compare_models.py, which judges on those rows, refuses it.
+    refused = run_script("compare_models.py", tmp_path / "ens.pkl", "--data-dir", prepared_data)
+    assert_clean_error(refused, "trained on the validation rows")
 
 
 def test_recompute_batch_norm_takes_the_plain_mean_of_the_batches():

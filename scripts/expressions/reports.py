@@ -4,6 +4,7 @@ matrix and the architecture text. One function writes them all, for train.py at 
 of a run and for report.py on a finished model."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -18,6 +19,17 @@ def artifact(out: Path, model_name: str, filename: str) -> Path:
     """Where a model's report goes: results/model/learning_curves.png for our own model,
     results/model/pre_trained_model_learning_curves.png for another."""
     return Path(out) / (filename if model_name == "my_own_model" else f"{model_name}_{filename}")
+
+
+def trained_on_validation(model_file: Path) -> bool:
+    """Whether the run (or ensemble) recorded beside model_file trained on the validation
+    rows (train.py --include-validation); a model with no record is taken not to have."""
+    model_file = Path(model_file)
+    try:
+        record = json.loads(artifact(model_file.parent, model_file.stem, "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(record.get("trained_on_validation"))
 
 
 def evaluate(model, data):
