@@ -153,6 +153,12 @@ def test_refit_on_the_validation_rows_keeps_the_last_epoch(prepared_data, tmp_pa
     assert metrics["trained_on_validation"] and metrics["kept_epoch"] == 2 and metrics["val_accuracy"] is None
     assert metrics["config"]["include_validation"] is True
     assert "the last: the validation rows were trained on" in (tmp_path / "my_own_model_architecture.txt").read_text()
+    # The saved model is the last epoch's: on the (seen) validation rows it scores what that epoch logged.
+    data = fer2013.subset(fer2013.load_prepared(prepared_data), 384, seed=1)
+    model = nets.load_model(tmp_path / "my_own_model.pkl")
+    measured = np.mean(nets.predict_in_batches(model, data["x_val"], "none").argmax(1) == data["y_val"])
+    logged = pd.read_csv(tmp_path / "history.csv").val_accuracy.iloc[-1]
+    assert measured == pytest.approx(logged, abs=1.5 / len(data["y_val"]))
     # An ensemble with such a member quotes no validation figure: those rows were trained on.
     shutil.copy(tmp_path / "metrics.json", tmp_path / "twin_metrics.json")
     shutil.copy(tmp_path / "my_own_model.pkl", tmp_path / "twin.pkl")
