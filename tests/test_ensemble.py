@@ -2,12 +2,13 @@
 calibration folded into every member)."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import TINY, assert_clean_error, needs_shared, run_script
-from expressions import calibration
+from expressions import UserError, calibration
 from expressions import data as fer2013
 from expressions import model as nets
 
@@ -69,3 +70,20 @@ def test_ensemble_bad_input_gets_one_line(two_runs, tmp_path):
                                   "--out", two_runs / "first.pkl"), "is one of the members")
     one = run_script("ensemble.py", two_runs / "first.pkl")
     assert one.returncode == 2 and "two or more" in one.stderr
+
+
+def test_tensorboard_screenshot_shows_the_committed_members_only(tmp_path):
+    import tensorboard_screenshot
+    members = json.loads((tensorboard_screenshot.MODEL_DIR / "metrics.json").read_text())["members"]
+    logdirs = tensorboard_screenshot.member_logdirs()
+    assert sorted(logdirs) == sorted(Path(m["model"]).stem for m in members)
+    assert all(d.is_dir() and d.name.endswith("_tensorboard") for d in logdirs.values())
+    # One network trained into a folder: its logs are that folder's tensorboard/.
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "metrics.json").write_text(json.dumps({"model": "my_own_model.pkl"}))
+    assert tensorboard_screenshot.member_logdirs(tmp_path) == {"my_own_model": tmp_path / "tensorboard"}
+    # A members' list whose logs are gone: one clean line, not a traceback.
+    (tmp_path / "metrics.json").write_text(json.dumps({"model": "my_own_model.pkl",
+                                                       "members": [{"model": "results/model/runs/nothing.pkl"}]}))
+    with pytest.raises(UserError, match="no TensorBoard logs"):
+        tensorboard_screenshot.member_logdirs(tmp_path)
