@@ -39,7 +39,8 @@ def member_logdirs(model_dir=MODEL_DIR):
         record = json.loads((model_dir / "metrics.json").read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {model_dir / 'metrics.json'}: {e}")
-    models = [ROOT / m["model"] for m in record.get("members", [])] or [model_dir / record.get("model", "my_own_model.pkl")]
+    models = ([ROOT / m["model"] for m in record.get("members", [])]
+              or [model_dir / record.get("model", "my_own_model.pkl")])
     logdirs = {m.stem: reports.artifact(m.parent, m.stem, "tensorboard") for m in models}
     missing = [str(d) for d in logdirs.values() if not d.is_dir()]
     if missing:
