@@ -30,6 +30,7 @@ from expressions import DATA_DIR, MODEL_DIR, run_cli
 from expressions import calibration, plots
 from expressions import data as fer2013
 from expressions import model as nets
+from expressions import reports
 from expressions.outputs import check_file, write_json
 
 
@@ -58,6 +59,10 @@ def main(argv=None):
     args = parse_args(argv)
     json_path, figure_path = check_file(args.out / "calibration.json"), check_file(args.out / "calibration.png")
     path = nets.model_path(args.model)
+    if args.temperature is None:
+        reports.require_held_out(args.model, "a temperature fitted there would be too sharp; give --temperature "
+                                             "(0.845 for the committed model; --temperature 1 --dry-run shows "
+                                             "its figures as they are)")
     if not args.dry_run:
         check_file(path, "model")
     model = nets.load_model(args.model)
@@ -94,7 +99,7 @@ def main(argv=None):
                            "ece_bins": calibration.ECE_BINS, "test": figures, "folded": not args.dry_run,
                            "command": " ".join(["python scripts/calibrate.py", *sys.argv[1:]])})
     plots.reliability_diagram(panels, figure_path, f"{path.name} on the {len(y_test):,} test images: one temperature "
-                              f"T = {t:.2f} " + (f"fitted on validation ({args.tta})" if fitted_on == "validation"
+                              f"T = {t:.3g} " + (f"fitted on validation ({args.tta})" if fitted_on == "validation"
                                                  else "given (--temperature)"))
     print(f"wrote {json_path} and {figure_path}")
     if not args.dry_run:

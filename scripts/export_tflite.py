@@ -33,10 +33,10 @@ MAX_LOSS_POINTS = 0.3
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     nets.add_model_option(p)
-    p.add_argument("--kind", choices=KINDS, default="int8",
+    p.add_argument("--kind", choices=KINDS, default="dynamic",
                    help="what to write without --measure: float32, float16 (half-size weights), dynamic (int8 "
                         "weights, float activations) or int8 (weights and activations) (default: %(default)s, "
-                        "what --measure chose)")
+                        "what --measure chose for the committed model)")
     p.add_argument("--measure", action="store_true",
                    help="measure every runtime first (about 3 minutes) and write the fastest within "
                         f"{MAX_LOSS_POINTS} points of the Keras model's single-pass test accuracy")

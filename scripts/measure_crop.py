@@ -26,6 +26,7 @@ from expressions import EMOTIONS, SHARED_DIR, run_cli
 from expressions import crops
 from expressions import data as fer2013
 from expressions import model as nets
+from expressions import reports
 from expressions.faces import FaceDetector, read_image, to_gray
 
 MEDIA = SHARED_DIR / "media"
@@ -49,7 +50,8 @@ VARIANTS = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    nets.add_model_option(p)
+    nets.add_model_option(p, default=nets.HELD_OUT_MODEL, why=": it measures on the validation faces, which the "
+                          "committed model trained on; the README's table was measured with this network")
     nets.add_tta_option(p, default="flip", why="; the live stream's mode, whose crops this measures")
     p.add_argument("--media", type=Path, default=MEDIA, help="photos/ and *.mp4 folder (default: %(default)s)")
     p.add_argument("--frames", type=int, default=150, help="frames read from each video (default: %(default)s)")
@@ -74,6 +76,8 @@ def main(argv=None):
     args = parse_args(argv)
     import cv2
     import pandas as pd
+    reports.require_held_out(args.model, "the crop measurement reads the validation faces; give a model "
+                                         "trained without them")
     model = nets.load_model(args.model)
     data = fer2013.load_prepared()
     big = [cv2.resize(x[..., 0], (192, 192), interpolation=cv2.INTER_CUBIC) for x in data["x_val"]]

@@ -17,6 +17,7 @@ import numpy as np
 from expressions import DATA_DIR, EMOTIONS, UserError, run_cli
 from expressions import data as fer2013
 from expressions import model as nets
+from expressions import reports
 from expressions.crops import add_crop_option
 from expressions.faces import add_detector_option, read_image
 from expressions.pipeline import EmotionReader, draw_faces, valence_arousal
@@ -55,6 +56,8 @@ def parse_args(argv=None):
 
 def evaluate(args):
     if args.split == "val":
+        reports.require_held_out(args.model, "its validation accuracy would flatter it; the test set (the "
+                                             "default) measures it")
         data = fer2013.load_prepared(args.data_dir)
         x, y, usage = data["x_val"], data["y_val"].astype(int), None
     else:

@@ -167,9 +167,17 @@ def test_refit_on_the_validation_rows_keeps_the_last_epoch(prepared_data, tmp_pa
     assert made.returncode == 0 and "validation accuracy: not measured" in made.stdout, made.stderr[-2000:]
     ensemble = json.loads((tmp_path / "ens_metrics.json").read_text())
     assert ensemble["trained_on_validation"] and ensemble["val_accuracy"] is None
-    # ... and compare_models.py, which judges on those rows, refuses it.
-    refused = run_script("compare_models.py", tmp_path / "ens.pkl", "--data-dir", prepared_data)
-    assert_clean_error(refused, "trained on the validation rows")
+    # ... and every script that would measure it on those rows refuses it in one line.
+    data_dir = ("--data-dir", prepared_data)
+    for script, *options in (("compare_models.py", tmp_path / "ens.pkl", *data_dir),
+                             ("predict.py", "--model", tmp_path / "ens.pkl", "--split", "val", *data_dir),
+                             ("calibrate.py", "--model", tmp_path / "ens.pkl", "--dry-run", "--out", tmp_path, *data_dir),
+                             ("measure_crop.py", "--model", tmp_path / "ens.pkl")):
+        assert_clean_error(run_script(script, *options), "trained on the validation rows")
+    # A given temperature needs no fit there: calibrate.py applies it.
+    given = run_script("calibrate.py", "--model", tmp_path / "ens.pkl", "--temperature", "0.845", "--dry-run",
+                       "--out", tmp_path, "--data-dir", prepared_data)
+    assert given.returncode == 0 and "T = 0.845" in given.stdout, given.stderr[-2000:]
 
 
 def test_recompute_batch_norm_takes_the_plain_mean_of_the_batches():
@@ -248,6 +256,7 @@ def test_committed_model_accuracy_on_the_7178_test_images(prepared_data, tmp_pat
         assert figures[key] == pytest.approx(committed[key], abs=0.0006), key
 
 
-# The brief asks for more than 70 %; the committed model measures 71.29 % (see the README),
-# so the printed figure truncates to 71.
+# The brief asks for more than 70 %. The committed model measures 72.01 % (see the README),
+# 5,169 of 7,178 images, one image above 72 %: a near-tie rounded the other way on another
+# CPU would print 71, so the floor stays there.
 MIN_TEST_ACCURACY = 71

@@ -72,7 +72,7 @@ def test_predict_answers_as_the_scripts_do_on_the_shared_photos(client):
         face = body["faces"][0]
         assert set(face) == {"box", "emotion", "probability", "probabilities", "valence", "arousal", "landmarks"}
         assert list(face["probabilities"]) == EMOTIONS
-        # TensorFlow Lite int8 rows are renormalised to sum to 1 (then rounded for JSON).
+        # TensorFlow Lite rows are renormalised to sum to 1 (then rounded for JSON).
         assert sum(face["probabilities"].values()) == pytest.approx(1, abs=1e-3)
         assert face["emotion"] == max(face["probabilities"], key=face["probabilities"].get)
         assert -1 <= face["valence"] <= 1 and -1 <= face["arousal"] <= 1

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 from . import plots
-from .model import DEFAULT_TTA, TTA_MODES, classification_report, predict_in_batches
+from . import UserError
+from .model import DEFAULT_TTA, TTA_MODES, classification_report, model_path, predict_in_batches
 from .outputs import write_json, write_text
 
 NOTES_DIR = Path(__file__).resolve().parent / "notes"
@@ -30,6 +31,13 @@ def trained_on_validation(model_file: Path) -> bool:
     except (OSError, ValueError):
         return False
     return bool(record.get("trained_on_validation"))
+
+
+def require_held_out(name, why):
+    """One clean error instead of figures on the validation rows for a model that trained on
+    them (the committed model does): they would flatter it."""
+    if trained_on_validation(model_path(name)):
+        raise UserError(f"{model_path(name)} trained on the validation rows (its metrics.json says so): {why}")
 
 
 def evaluate(model, data):
