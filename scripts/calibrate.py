@@ -75,7 +75,7 @@ def main(argv=None):
         fitted_on = "validation"
     else:
         t, fitted_on = args.temperature, "given"
-    print(f"T = {t:.3f} ({'softer' if t > 1 else 'sharper'} probabilities)")
+    print(f"T = {t:.3f} ({'softer' if t > 1 else 'sharper' if t < 1 else 'the same'} probabilities)")
 
     print("| test images, --tta | accuracy before | after | ECE before | after | NLL before | after |")
     print("|---|---|---|---|---|---|---|")
