@@ -203,7 +203,7 @@ def latency(model, model_name, pretrained, detector, fer_keras, calls):
     candidates = {f"ours, {mode}": nets.make_predictor(model, mode) for mode in nets.TTA_MODES}
     nets.frame_predictor(model_name, "none", "tflite")  # the stream's classifier: one line if missing or stale
     content = nets.tflite_path(model_name).read_bytes()
-    kind = json.loads(nets.tflite_path(model_name).with_suffix(".tflite.json").read_text())["kind"]
+    kind = nets.tflite_record(model_name)["kind"]
     candidates.update({f"ours, TFLite {kind}, {mode}": nets.TFLitePredictor(content, mode) for mode in nets.TTA_MODES})
     if pretrained is not None:
         candidates.update({f"ours pre-trained, {mode}": nets.make_predictor(pretrained, mode)

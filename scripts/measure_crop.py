@@ -74,10 +74,10 @@ def fit_framing(faces, side):
 
 def main(argv=None):
     args = parse_args(argv)
-    import cv2
-    import pandas as pd
     reports.require_held_out(args.model, "the crop measurement reads the validation faces; give a model "
                                          "trained without them")
+    import cv2
+    import pandas as pd
     model = nets.load_model(args.model)
     data = fer2013.load_prepared()
     big = [cv2.resize(x[..., 0], (192, 192), interpolation=cv2.INTER_CUBIC) for x in data["x_val"]]

@@ -311,6 +311,16 @@ def add_runtime_option(parser):
                              "(default: %(default)s)")
 
 
+def tflite_record(model_name) -> dict:
+    """What export_tflite.py recorded beside the TensorFlow Lite form (source .pkl's
+    SHA-256, kind, command); {} when missing or unreadable."""
+    import json
+    try:
+        return json.loads(tflite_path(model_name).with_suffix(".tflite.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def frame_predictor(model_name, tta, runtime="auto"):
     """The classifier of the face pipeline: the TensorFlow Lite form beside the model when
     runtime is tflite, or auto and that file was derived from this very model (its
@@ -320,12 +330,7 @@ def frame_predictor(model_name, tta, runtime="auto"):
     if not model_path(model_name).exists():
         load_model(model_name)  # the one-line "model not found" error
     if runtime in ("auto", "tflite") and path.exists():
-        try:
-            import json
-            source = json.loads(path.with_suffix(".tflite.json").read_text())["source_sha256"]
-        except (OSError, ValueError, KeyError):
-            source = None
-        if source == file_sha256(model_path(model_name)):
+        if tflite_record(model_name).get("source_sha256") == file_sha256(model_path(model_name)):
             return TFLitePredictor(path.read_bytes(), tta), "tflite"
         if runtime == "tflite":
             raise UserError(f"{path} was not made from {model_path(model_name)}: "
