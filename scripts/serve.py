@@ -7,18 +7,25 @@ photo and video upload, JSON for programs.
 The page (webcam, photo, video) and the API (GET /api/health, POST /api/predict, the
 /api/stream WebSocket, POST /api/video) are described in the README and at /docs. The
 model and the face detector are loaded once, at start. It listens on 127.0.0.1, this
-machine only, unless --host says otherwise. Ctrl-C stops it.
+machine only, unless --host says otherwise. Ctrl-C or SIGTERM stops it cleanly: video jobs
+and requests in flight end, its temporary files are removed, exit code 0.
+
+Safe to leave running: it answers only requests whose Host header names it and, from a
+browser, only its own page (other sites' pages get 403, unless --allow-origin names them);
+images are measured before they are decoded; uploads, the video queue, its disk space,
+connections and slow clients are all bounded (413, 429, 503, or the connection closed).
 """
 import argparse
 import contextlib
 import signal
 import socket
 import sys
+import time
 
 from expressions import UserError, run_cli
 from expressions import model as nets
 from expressions.crops import add_crop_option
-from expressions.faces import add_detector_option
+from expressions.faces import add_detector_option, add_max_megapixels_option
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -39,10 +46,35 @@ def parse_args(argv=None):
                    help="largest photo accepted by POST /api/predict, in MB; larger gets 413 (default: %(default)s)")
     p.add_argument("--max-video-mb", type=float, default=200,
                    help="largest video accepted by POST /api/video, in MB (default: %(default)s)")
+    add_max_megapixels_option(p, default=50, why=", a 48-megapixel phone photo passes; larger gets 413. At "
+                              "most --pipelines decoded images exist at once")
     p.add_argument("--pipelines", type=int, default=2,
                    help="face pipelines (detector + classifier) serving requests side by side; more requests "
                         "wait their turn (default: %(default)s, one per core of a laptop)")
-    return p.parse_args(argv)
+    p.add_argument("--max-video-jobs", type=int, default=3,
+                   help="videos waiting or being read at once (they are read one at a time); past it an upload "
+                        "gets 429 and is not stored (default: %(default)s)")
+    p.add_argument("--video-disk-mb", type=float, default=1000,
+                   help="disk space for uploaded videos and their results, in MB; old finished jobs are removed "
+                        "to make room, and past it an upload gets 429 (default: %(default)s)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (https://app.example) whose pages may also use the API; repeat for more. "
+                        "Without it only the server's own page may, so that a page you happen to visit cannot "
+                        "(default: none)")
+    p.add_argument("--max-connections", type=int, default=128,
+                   help="open connections and requests at once; past it new requests get 503 (default: "
+                        "%(default)s)")
+    p.add_argument("--request-timeout", type=float, default=60,
+                   help="seconds a client has to send a request's headers and body; slower connections are "
+                        "closed, so slow clients cannot hold the server's connections (default: %(default)s)")
+    args = p.parse_args(argv)
+    for name in ("pipelines", "max_video_jobs", "max_connections"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give 1 or more")
+    for name in ("max_megapixels", "video_disk_mb", "request_timeout", "max_upload_mb", "max_video_mb"):
+        if not getattr(args, name) > 0:  # also refuses nan
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a positive number")
+    return args
 
 
 def check_port(host, port):
@@ -77,8 +109,9 @@ def main(argv=None):
         from expressions.web import create_app
     except ImportError as err:
         raise UserError(f"the web app needs FastAPI and uvicorn ({err}): pip install -r requirements.txt") from None
-    app = create_app(args.model, args.detector, args.tta, args.crop, args.runtime,
-                     args.max_upload_mb, args.max_video_mb, args.pipelines)
+    app = create_app(args.model, args.detector, args.tta, args.crop, args.runtime, args.max_upload_mb,
+                     args.max_video_mb, args.pipelines, args.max_megapixels, args.max_video_jobs,
+                     args.video_disk_mb, args.host, args.allow_origin)
     if args.host not in LOCAL_HOSTS:
         print(f"warning: listening on {args.host}: anyone who can reach this machine on port {args.port} can "
               "use the server and send it images", file=sys.stderr)
@@ -94,7 +127,15 @@ def main(argv=None):
             if self.started:  # said once the port is really open
                 print(f"Serving on http://{shown}:{args.port} (Ctrl-C stops it)", flush=True)
 
-    server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+        async def on_tick(self, counter):
+            if counter % 10 == 0:  # every second
+                close_slow_clients(self.server_state.connections, args.request_timeout, seen)
+            return await super().on_tick(counter)
+
+    seen = {}
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                   limit_concurrency=args.max_connections, timeout_graceful_shutdown=5,
+                                   ws_max_size=int(args.max_upload_mb * 1024 * 1024)))
 
     try:
         server.run()
@@ -105,6 +146,32 @@ def main(argv=None):
                         "address of this machine): choose another --port or --host")
     print("stopped", file=sys.stderr)
     return 0
+
+
+def close_slow_clients(connections, timeout, seen):
+    """Close HTTP connections that have taken over `timeout` seconds to send a request's
+    headers, or its body (uvicorn bounds neither). `seen` maps a connection to what it was
+    waiting for and since when. A request fully received is the server's time, not the
+    client's; an idle keep-alive connection is closed by uvicorn itself after 5 s."""
+    now = time.monotonic()
+    for conn in list(connections):
+        cycle = getattr(conn, "cycle", "websocket")  # WebSockets have their own pings and timeouts
+        if cycle == "websocket":
+            continue
+        if cycle is None or cycle.response_complete:
+            waiting = ("headers", id(cycle))
+        elif cycle.more_body:
+            waiting = ("body", id(cycle))
+        else:
+            seen.pop(conn, None)
+            continue
+        if seen.get(conn, (None, 0))[0] != waiting:
+            seen[conn] = (waiting, now)
+        elif now - seen[conn][1] > timeout:
+            conn.transport.close()
+            seen.pop(conn, None)
+    for conn in [c for c in seen if c not in connections]:
+        del seen[conn]
 
 
 if __name__ == "__main__":

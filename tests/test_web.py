@@ -40,8 +40,17 @@ def side_by_side(*images, height=360):
 @pytest.fixture(scope="module")
 def client():
     # The tta of predict.py, so the answers can be compared with the scripts' pipeline.
-    with TestClient(create_app(tta=nets.DEFAULT_TTA, max_upload_mb=1, max_video_mb=5)) as c:
+    with local_client(create_app(tta=nets.DEFAULT_TTA, max_upload_mb=1, max_video_mb=5)) as c:
         yield c
+
+
+def local_client(app):
+    """A TestClient that calls the app as a browser on this machine would: Host 127.0.0.1
+    (the app refuses other Host headers). WebSockets take the full URL, ws://127.0.0.1/..."""
+    return TestClient(app, base_url="http://127.0.0.1:8000")
+
+
+WS_URL = "ws://127.0.0.1:8000/api/stream"
 
 
 def post_image(client, data, name="photo.jpg", **params):
@@ -146,13 +155,13 @@ def test_concurrent_requests_get_the_same_answers_as_one_at_a_time(client):
 
 def test_stream_keeps_ids_and_survives_a_bad_frame(client):
     pair = side_by_side(astronaut_bgr(), astronaut_bgr()[:, ::-1])
-    with client.websocket_connect("/api/stream") as ws:
+    with client.websocket_connect(WS_URL) as ws:
         answers = []
         for shift in (0, 4, 8):
             ws.send_bytes(jpeg(np.roll(pair, shift, axis=1)))
             answers.append(ws.receive_json())
         ws.send_bytes(b"not a frame")
-        assert "not a JPEG" in ws.receive_json()["error"]
+        assert "not an image" in ws.receive_json()["error"]
         ws.send_bytes(jpeg(pair))
         answers.append(ws.receive_json())
     for answer in answers:
@@ -190,7 +199,7 @@ def test_video_upload_gives_progress_timeline_and_downloads(client, tmp_path):
 def test_video_files_live_in_a_temporary_folder_removed_at_shutdown(tmp_path):
     video = write_video(tmp_path / "clip.mp4", [astronaut_bgr()] * 10, fps=10)
     app = create_app()
-    with TestClient(app) as c:
+    with local_client(app) as c:
         job = c.post("/api/video", files={"video": ("clip.mp4", video.read_bytes(), "video/mp4")}).json()["job"]
         while c.get(f"/api/video/{job}").json()["state"] not in ("done", "error"):
             time.sleep(0.1)

@@ -88,7 +88,7 @@ def running_server(*args, port=None, timeout=60):
 
 
 @contextlib.contextmanager
-def browser_with_fake_webcam(y4m):
+def browser_with_fake_webcam(y4m, extra_args=()):
     """A headless Chromium page whose webcam plays `y4m`, camera permission granted; with
     y4m None, a page on a machine without a camera."""
     from playwright.sync_api import sync_playwright
@@ -98,7 +98,7 @@ def browser_with_fake_webcam(y4m):
     camera = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
               f"--use-file-for-fake-video-capture={y4m}"] if y4m else []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", *camera])
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", *camera, *extra_args])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             yield page
@@ -149,3 +149,46 @@ def upload_video(page, video, timeout=60.0):
     return {"message": page.inner_text("#video-message"),
             "rows": page.eval_on_selector_all("#video-seconds tbody tr", "rows => rows.map(r => r.innerText)"),
             "links": [page.get_attribute("#video-csv", "href"), page.get_attribute("#video-annotated", "href")]}
+
+
+FOREIGN_PAGE = """<!doctype html><meta charset="utf-8"><title>another site</title><script>
+window.results = {};
+const server = "SERVER";
+fetch(server + "/api/health", {mode: "no-cors"}).then(() => {}, () => {});
+const form = new FormData();
+form.append("image", new Blob([new Uint8Array([137, 80, 78, 71])], {type: "image/png"}), "x.png");
+fetch(server + "/api/predict", {method: "POST", body: form, mode: "no-cors"}).then(() => {}, () => {});
+const socket = new WebSocket(server.replace("http", "ws") + "/api/stream");
+socket.onopen = () => { results.websocket = "open"; };
+socket.onclose = () => { results.websocket = results.websocket || "refused"; };
+</script>"""
+
+
+def foreign_page_attempts(server_url, folder, timeout=20.0):
+    """What a page of another site (another origin: a second local port) gets when it
+    calls the server at `server_url`: the server's status for each request as Chromium saw
+    it (whether or not the page may read it), whether its WebSocket opened, and the status
+    when the server is reached under another site's name (DNS rebinding, simulated with
+    Chromium's host resolver rules)."""
+    import functools
+    import http.server
+    import threading
+    (Path(folder) / "index.html").write_text(FOREIGN_PAGE.replace("SERVER", server_url))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    port = int(server_url.rsplit(":", 1)[1])
+    statuses = {}
+    try:
+        with browser_with_fake_webcam(None, ["--host-resolver-rules=MAP rebound.example 127.0.0.1"]) as page:
+            page.on("response", lambda r: r.url.startswith(server_url) and statuses.__setitem__(
+                "/" + r.url.split("/", 3)[3].split("?")[0], r.status))
+            page.goto(f"http://127.0.0.1:{site.server_address[1]}/index.html")
+            page.wait_for_function("window.results.websocket !== undefined", timeout=timeout * 1000)
+            page.wait_for_timeout(500)
+            websocket = page.evaluate("window.results.websocket")
+            rebound = page.goto(f"http://rebound.example:{port}/api/health")
+            return {"statuses": statuses, "websocket": websocket, "rebound_status": rebound.status}
+    finally:
+        site.shutdown()

@@ -27,17 +27,92 @@ class Face:
     score: float
 
 
-def read_image(path):
-    """A photo as an 8-bit BGR array, whatever its form (grey, 16-bit, with alpha, palette),
-    or a clear error."""
+# Images are measured from their header before their pixels are decoded: a 2 MB PNG can
+# claim 30000x30000 pixels (2.7 GB decoded). The scripts' limit; the web server's is lower.
+MAX_MEGAPIXELS = 200.0
+
+
+class ImageTooLarge(UserError):
+    """An image whose header claims more pixels than the limit: refused before decoding."""
+
+
+def image_size(source):
+    """(width, height) read from an image's header (bytes, or a path), without decoding its
+    pixels; None if it is in no format known here. Pillow's format plugins read the header;
+    its own "decompression bomb" check is skipped, since the caller applies its own limit."""
+    import io
+    import struct
+    from PIL import Image
+    Image.init()
+    with (io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else open(source, "rb")) as fp:
+        prefix = fp.read(16)
+        for name in Image.ID:
+            factory, accept = Image.OPEN[name]
+            if accept is not None and accept(prefix) is not True:
+                continue
+            try:
+                fp.seek(0)
+                width, height = factory(fp, "").size
+                return int(width), int(height)
+            except (SyntaxError, IndexError, TypeError, ValueError, EOFError, struct.error):
+                continue  # not this format after all, as Pillow's own Image.open does
+    return None
+
+
+def check_size(source, name, max_megapixels):
+    """Refuse an image whose header is unknown or claims more than max_megapixels."""
+    size = image_size(source)
+    if size is None:
+        raise UserError(f"cannot read {name}: not an image file (JPEG, PNG, WebP, AVIF, BMP, TIFF, GIF, "
+                        "PNM or JPEG 2000) whose size can be checked before decoding")
+    width, height = size
+    if width * height > max_megapixels * 1e6:
+        raise ImageTooLarge(f"{name} is {width}x{height} pixels ({width * height / 1e6:,.0f} megapixels), over "
+                            f"the limit of {max_megapixels:g} megapixels (--max-megapixels)")
+
+
+def read_image(path, max_megapixels=MAX_MEGAPIXELS):
+    """A photo as an 8-bit BGR array, whatever its form (grey, 16-bit, with alpha, palette,
+    EXIF-rotated), or a clear error; its size is checked from its header first."""
     import cv2
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # converts grey, 16-bit, alpha and palette images
+    try:
+        check_size(path, f"image {path}", max_megapixels)
+    except OSError as err:  # permission denied, a read error: said as such
+        raise UserError(f"cannot read image {path}: {err.strerror or err}") from None
+    try:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # converts grey, 16-bit, alpha and palette images
+    except cv2.error:  # OpenCV's own checks of what its decoder met
+        image = None
     if image is None:
         raise UserError(f"cannot read image {path}: not an image file OpenCV can decode")
     return image
+
+
+def decode_image(data: bytes, name="the upload", max_megapixels=MAX_MEGAPIXELS):
+    """Image bytes (an upload, a frame) -> BGR array, the size checked from the header
+    first: ImageTooLarge past the limit, UserError if not an image or a corrupt one."""
+    import cv2
+    import numpy as np
+    if not data:
+        raise UserError(f"{name} is empty, not an image")
+    check_size(data, name, max_megapixels)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
+    if image is None:
+        raise UserError(f"{name} is not an image, or a corrupt one")
+    return image
+
+
+def add_max_megapixels_option(parser, default=MAX_MEGAPIXELS, why=""):
+    parser.add_argument("--max-megapixels", type=float, default=default,
+                        help="largest image accepted, in megapixels (width x height / 1e6), read from the "
+                             "image's header before its pixels are decoded: a small file can claim a huge "
+                             f"image (default: %(default)g{why})")
 
 
 def to_gray(image):

@@ -8,18 +8,27 @@ and a JSON API over the same face pipeline as the scripts.
     POST /api/video               multipart `video` -> a job id; the server reads it in the background
     GET  /api/video/{job}         progress, then the per-second timeline
     GET  /api/video/{job}/timeline.csv, /annotated.mp4   the downloads
+
+It trusts no input. Bodies are cut off at their limit; images are measured from their
+header before they are decoded, and at most `pipelines` decoded images exist at once;
+decoding and classifying run in worker threads, never on the event loop; the video queue
+and its disk space are bounded (429 past them); a request whose Host header does not name
+this server, or whose Origin (what browsers send) is another site's, gets 403 (DNS
+rebinding, and pages the user happens to visit); file names are never used as paths.
 """
 import base64
 import contextlib
+import ipaddress
 import queue
+import re
 import shutil
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -27,25 +36,34 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import VERSION
+from . import VERSION, UserError
 from . import model as nets
+from .faces import ImageTooLarge, decode_image
 from .pipeline import EmotionReader, StreamReader, draw_faces, face_record, second_record, timeline_csv
 from .video import VideoFile, open_video, video_fps
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MB = 1024 * 1024
+MAX_MEGAPIXELS = 50.0  # the server's image limit: a 48 MP phone photo passes; the scripts allow 200
+LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
+WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 
 
 class Readers:
     """A fixed pool of face pipelines (detector and classifier each). Neither OpenCV's
     detector nor a TensorFlow Lite interpreter may serve two threads at once, so each call
-    borrows one pipeline and gives it back: requests share no mutable state."""
+    borrows one pipeline and gives it back: requests share no mutable state.
+    `images` bounds the decoded images alive at once (a request holds it from decoding to
+    its answer), so memory stays flat however many clients send at once."""
 
     def __init__(self, size, model, detector, tta, crop, runtime):
-        self.pool = queue.Queue()
+        if size < 1:
+            raise UserError(f"--pipelines {size}: give 1 or more")
+        self.size, self.pool = size, queue.Queue()
         for _ in range(size):
             predict, self.runtime = nets.frame_predictor(model, tta, runtime)
             self.pool.put(EmotionReader(predict, detector, crop))
+        self.images = threading.BoundedSemaphore(size)
 
     def __call__(self, image, still=False):
         reader = self.pool.get()
@@ -54,13 +72,19 @@ class Readers:
         finally:
             self.pool.put(reader)
 
+    def close(self, timeout=30.0):
+        """Wait until every pipeline is back, so that no thread is inside TensorFlow Lite
+        when the process exits (that aborted the process, exit 134)."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(queue.Empty):
+            for _ in range(self.size):
+                self.pool.get(timeout=max(0.0, deadline - time.monotonic()))
 
-def decode_image(data: bytes):
-    """Upload bytes -> BGR image, or None if they are not an image OpenCV can decode."""
-    import cv2
-    if not data:
-        return None
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+def shown_name(filename, default="the upload"):
+    """A client's file name as it may appear in a message: printable, at most 80 characters."""
+    name = re.sub(r"[\x00-\x1f\x7f]", "", filename or "")[:80]
+    return name or default
 
 
 def jpeg_data_url(image, quality=85):
@@ -69,82 +93,151 @@ def jpeg_data_url(image, quality=85):
     return "data:image/jpeg;base64," + base64.b64encode(buffer.tobytes()).decode()
 
 
+class QueueFull(Exception):
+    """The video queue or its disk space is full: 429."""
+
+
 class VideoJobs:
-    """Uploaded videos read in background threads, one at a time. Everything a job has (the
-    upload, its annotated video, its CSV) lives in one temporary folder, removed when the
-    job is pushed out by newer ones (the last `keep` stay) and when the server stops."""
+    """Uploaded videos, read one at a time by one background thread. Everything a job has
+    (the upload, its annotated video, its CSV) lives in one folder of a temporary folder,
+    removed when newer jobs push it out (the last `keep` finished jobs stay, fewer if the
+    disk space needs it) and when the server stops. At most `max_jobs` wait or run, and all
+    jobs' files together stay under `max_disk_mb`; past either a new upload is refused
+    (429) before it is stored."""
 
-    def __init__(self, readers, keep=3):
-        self.readers, self.keep = readers, keep
-        self.root = Path(tempfile.mkdtemp(prefix="expressions-serve-"))
-        self.jobs, self.lock, self.one_at_a_time = {}, threading.Lock(), threading.Lock()
+    def __init__(self, readers, max_megapixels=MAX_MEGAPIXELS, max_jobs=3, max_disk_mb=1000.0, keep=3):
+        self.readers, self.max_megapixels = readers, max_megapixels
+        self.max_jobs, self.max_disk, self.keep = max_jobs, max_disk_mb * MB, keep
+        self.root = None  # made with the first upload: a server that never gets one leaves nothing behind
+        self.jobs, self.lock = {}, threading.Lock()
+        self.waiting, self.stopping, self.worker = queue.Queue(), threading.Event(), None
 
-    def start(self, upload, filename):
+    def disk_used(self):
+        if self.root is None:
+            return 0
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+
+    def refusal(self, upload_bytes=0):
+        """Why an upload of this size cannot be taken now, or None. Makes room first by
+        removing the oldest finished jobs."""
+        with self.lock:
+            busy = sum(job["state"] in ("queued", "running") for job in self.jobs.values())
+            if busy >= self.max_jobs:
+                return (f"{busy} videos are waiting or being read, the server's limit: send this one when one "
+                        "of them is done")
+            finished = sorted((j for j in self.jobs if self.jobs[j]["state"] in ("done", "error")),
+                              key=lambda j: self.jobs[j]["created"])
+            while finished and (len(finished) > self.keep or self.disk_used() + upload_bytes > self.max_disk):
+                shutil.rmtree(self.jobs.pop(finished.pop(0))["folder"], ignore_errors=True)
+            if self.disk_used() + upload_bytes > self.max_disk:
+                return (f"the server's space for videos ({self.max_disk / MB:g} MB) is full: send this one when "
+                        "the videos being read are done")
+        return None
+
+    def start(self, upload, filename, size):
+        why = self.refusal(size or 0)
+        if why:
+            raise QueueFull(why)
+        if self.root is None:
+            self.root = Path(tempfile.mkdtemp(prefix="expressions-serve-"))
         job_id = uuid.uuid4().hex[:12]
         folder = self.root / job_id
         folder.mkdir()
-        source = folder / ("upload" + (Path(filename or "").suffix.lower()[:8] or ".mp4"))
+        suffix = Path(filename or "").suffix.lower()  # kept only as a hint for the decoder
+        source = folder / ("upload" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".mp4"))
         with open(source, "wb") as out:
             shutil.copyfileobj(upload, out)
         job = {"state": "queued", "frames": 0, "total_frames": 0, "progress": 0.0, "seconds": [], "fps": 0.0,
-               "error": None, "folder": folder, "created": time.time()}
+               "error": None, "annotated": True, "folder": folder, "created": time.time()}
         with self.lock:
             self.jobs[job_id] = job
-            for old in sorted(self.jobs, key=lambda j: self.jobs[j]["created"])[:-self.keep]:
-                if self.jobs[old]["state"] in ("done", "error"):
-                    shutil.rmtree(self.jobs.pop(old)["folder"], ignore_errors=True)
-        threading.Thread(target=self.run, args=(job, source, filename), daemon=True).start()
+            if self.worker is None:
+                self.worker = threading.Thread(target=self.work, name="video-jobs", daemon=True)
+                self.worker.start()
+        self.waiting.put((job, source, shown_name(filename)))
         return job_id
 
-    def run(self, job, source, filename):
-        import cv2
-        with self.one_at_a_time:
-            cap = open_video(str(source))
-            if cap is None:
-                job.update(state="error", error=f"{filename or 'the upload'} is not a video the server can decode")
-                return
-            job.update(state="running", total_frames=int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
-            fps, stream = video_fps(cap), StreamReader(self.readers)
-            video = VideoFile(job["folder"] / "annotated.mp4", fps)
-            started, frames = time.perf_counter(), 0
+    def work(self):
+        while not self.stopping.is_set():
             try:
-                while True:
-                    ok, frame = cap.read()
-                    if not ok:
-                        break
-                    faces, ids, proba, ended = stream.read(frame, frames / fps)
-                    if ended:
-                        job["seconds"].append(second_record(*ended))
-                    video.write(draw_faces(frame, [f.box for f in faces], proba, ids))
-                    frames += 1
-                    job.update(frames=frames, progress=min(1.0, frames / max(job["total_frames"], 1)))
-                ended = stream.finish()
+                job, source, name = self.waiting.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self.run(job, source, name)
+            except Exception as err:  # noqa: BLE001 (a job never takes the queue down)
+                job.update(state="error", error=f"{name} could not be read: {err.__class__.__name__}")
+
+    def run(self, job, source, name):
+        import cv2
+        cap = open_video(str(source))
+        if cap is None:
+            job.update(state="error", error=f"{name} is not a video the server can decode")
+            return
+        width, height = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+        if width * height > self.max_megapixels * 1e6:
+            cap.release()
+            job.update(state="error", error=f"{name} has frames of {width:.0f}x{height:.0f} pixels: the limit is "
+                                           f"{self.max_megapixels:g} megapixels")
+            return
+        job.update(state="running", total_frames=max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))))
+        fps, stream = video_fps(cap), StreamReader(self.readers)
+        video = VideoFile(job["folder"] / "annotated.mp4", fps)
+        started, frames = time.perf_counter(), 0
+        try:
+            while not self.stopping.is_set():
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                faces, ids, proba, ended = stream.read(frame, frames / fps)
                 if ended:
                     job["seconds"].append(second_record(*ended))
-                video.close()
-            except Exception as err:  # a broken file mid-way: the job says so, the server goes on
-                video.close(keep=False)
-                job.update(state="error", error=f"the video could not be read to the end: {err}")
-                return
-            finally:
-                cap.release()
-            (job["folder"] / "timeline.csv").write_text(timeline_csv(job["seconds"]))
-            job.update(state="done", progress=1.0, fps=frames / max(time.perf_counter() - started, 1e-9))
+                if job["annotated"]:
+                    video.write(draw_faces(frame, [f.box for f in faces], proba, ids))
+                    if frames % 30 == 0 and self.disk_used() > self.max_disk:  # the annotated video grows
+                        video.close(keep=False)
+                        job["annotated"] = False
+                frames += 1
+                job.update(frames=frames, progress=min(1.0, frames / max(job["total_frames"], frames + 1)))
+            if self.stopping.is_set():
+                raise RuntimeError("the server is stopping")
+            ended = stream.finish()
+            if ended:
+                job["seconds"].append(second_record(*ended))
+            video.close()
+        except Exception as err:  # a broken file mid-way: the job says so, the server goes on
+            video.close(keep=False)
+            job.update(state="error", error=f"{name} could not be read to the end: {err}")
+            return
+        finally:
+            cap.release()
+        if frames == 0:
+            job.update(state="error", error=f"no frame of {name} could be read")
+            return
+        (job["folder"] / "timeline.csv").write_text(timeline_csv(job["seconds"]))
+        job.update(state="done", progress=1.0, fps=frames / max(time.perf_counter() - started, 1e-9))
 
     def get(self, job_id):
         with self.lock:
             return self.jobs.get(job_id)
 
     def close(self):
-        shutil.rmtree(self.root, ignore_errors=True)
+        self.stopping.set()
+        if self.worker is not None:
+            self.worker.join(timeout=30)
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto", runtime="auto",
-               max_upload_mb=10.0, max_video_mb=200.0, pipelines=2):
-    """The FastAPI app; the model and the detector are loaded here, once."""
-
+               max_upload_mb=10.0, max_video_mb=200.0, pipelines=2, max_megapixels=MAX_MEGAPIXELS,
+               max_video_jobs=3, max_video_disk_mb=1000.0, host="127.0.0.1", allow_origins=()):
+    """The FastAPI app; the model and the detector are loaded here, once. `host` is the
+    address the server listens on (Host headers naming it are answered); `allow_origins`
+    are web origins (scheme://host[:port]) of other sites whose pages may use the API."""
+    origins = [allowed_origin(o) for o in allow_origins]
     readers = Readers(pipelines, model, detector, tta, crop, runtime)
-    jobs = VideoJobs(readers)
+    jobs = VideoJobs(readers, max_megapixels, max_video_jobs, max_video_disk_mb)
     info = {"status": "ok", "model": nets.model_path(model).name, "detector": detector, "tta": tta,
             "runtime": readers.runtime, "version": VERSION}
 
@@ -152,73 +245,98 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
     async def lifespan(app):
         yield
         jobs.close()
+        readers.close()
 
     app = FastAPI(title="Facial expressions", version=VERSION, lifespan=lifespan,
                   description="Every face in a photo, a video or a webcam frame, and the emotion it shows "
                               "(FER2013's seven classes), from a CNN trained from scratch.")
-    limits = {"/api/predict": max_upload_mb * MB, "/api/video": max_video_mb * MB}
+    limits = {"/api/predict": (max_upload_mb * MB, None), "/api/video": (max_video_mb * MB, jobs.refusal)}
     app.add_middleware(UploadLimit, limits=limits)
+    if origins:  # their pages may read the answers
+        from starlette.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"])
+    app.add_middleware(SameOrigin, host=host, origins=origins)  # added last: runs first
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.jobs = jobs
 
+    # Plain answers are async: they never wait behind photos for a worker thread.
     @app.get("/", include_in_schema=False)
-    def page():
+    async def page():
         return FileResponse(STATIC_DIR / "index.html")
 
     @app.get("/api/health", summary="The model, detector and version this server runs")
-    def health():
+    async def health():
         return info
 
     @app.post("/api/predict", summary="Every face in a photo and its emotion")
-    def predict(image: UploadFile = File(..., description="a photo: JPEG, PNG, BMP, TIFF or WebP"),
+    def predict(image: UploadFile = File(..., description="a photo: JPEG, PNG, BMP, TIFF, WebP or AVIF"),
                 annotate: bool = Query(False, description="also return the photo with boxes drawn, as a data URL")):
         """Faces are returned largest first. `box` is x, y, width, height in the photo's
         pixels; `probabilities` has all 7 classes; valence and arousal are in [-1, 1]. A photo
-        without a face gives `"faces": []`."""
-        picture = decode_image(image.file.read())
-        if picture is None:
-            raise HTTPException(400, f"{image.filename or 'the upload'} is not an image, or a corrupt one")
-        faces, _, proba = readers(picture, still=True)
-        out = {"faces": [face_record(f.box, p, landmarks=f.landmarks) for f, p in zip(faces, proba)], **{
-            k: info[k] for k in ("model", "detector", "tta", "runtime")}}
-        if annotate:
-            out["annotated"] = jpeg_data_url(draw_faces(picture.copy(), [f.box for f in faces], proba))
+        without a face gives `"faces": []`. A photo over the server's megapixel limit gets 413."""
+        with readers.images:
+            picture = decoded(image.file.read(), shown_name(image.filename), max_megapixels)
+            faces, _, proba = readers(picture, still=True)
+            out = {"faces": [face_record(f.box, p, landmarks=f.landmarks) for f, p in zip(faces, proba)], **{
+                k: info[k] for k in ("model", "detector", "tta", "runtime")}}
+            if annotate:
+                out["annotated"] = jpeg_data_url(draw_faces(picture, [f.box for f in faces], proba))
         return out
 
     @app.websocket("/api/stream")
     async def stream(socket: WebSocket):
         """Send JPEG frames as binary messages, one at a time: each gets back the faces with
         ids that stay the same across frames, and the per-second averages of any second
-        that ended (as predict_live_stream.py prints them)."""
+        that ended (as predict_live_stream.py prints them). A frame that cannot be read
+        gets {"error": ...} and the stream goes on."""
         await socket.accept()
         state, started = StreamReader(readers), time.time()
+
+        def read(data):  # in a worker thread: decoding a large frame must not stall the event loop
+            with readers.images:
+                frame = decoded(data, "that frame", max_megapixels)
+                t0 = time.perf_counter()
+                faces, ids, proba, ended = state.read(frame, time.time() - started)
+                return frame.shape, faces, ids, proba, ended, (time.perf_counter() - t0) * 1000
+
         try:
             while True:
-                frame = decode_image(await socket.receive_bytes())
-                if frame is None:
-                    await socket.send_json({"error": "that frame is not a JPEG or PNG image"})
+                message = await socket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("bytes") is None:
+                    await socket.send_json({"error": "send each frame as a binary message of JPEG or PNG bytes"})
                     continue
-                t0 = time.perf_counter()
-                faces, ids, proba, ended = await run_in_threadpool(state.read, frame, time.time() - started)
+                try:
+                    shape, faces, ids, proba, ended, ms = await run_in_threadpool(read, message["bytes"])
+                except HTTPException as err:
+                    await socket.send_json({"error": err.detail})
+                    continue
                 seconds = [second_record(*ended, clock=started)] if ended else []
                 await socket.send_json({"faces": [face_record(f.box, p, i) for f, p, i in zip(faces, proba, ids)],
-                                        "width": frame.shape[1], "height": frame.shape[0], "seconds": seconds,
-                                        "milliseconds": (time.perf_counter() - t0) * 1000})
+                                        "width": shape[1], "height": shape[0], "seconds": seconds,
+                                        "milliseconds": ms})
         except WebSocketDisconnect:
             pass
 
     @app.post("/api/video", summary="Upload a video to read; returns a job id")
     def video_upload(video: UploadFile = File(..., description="a video file OpenCV can decode (.mp4, .avi, ...)")):
-        return {"job": jobs.start(video.file, video.filename)}
+        """Videos are read one at a time. When the server already holds its limit of videos
+        waiting or being read, or of disk space for them, the upload gets 429."""
+        try:
+            return {"job": jobs.start(video.file, video.filename, video.size)}
+        except QueueFull as err:
+            raise HTTPException(429, str(err)) from None
 
     def job_or_404(job_id):
         job = jobs.get(job_id)
         if job is None:
-            raise HTTPException(404, f"no video job {job_id} (jobs are kept until newer ones push them out)")
+            raise HTTPException(404, f"no video job {shown_name(job_id)[:40]} (jobs are kept until newer ones "
+                                     "push them out)")
         return job
 
     @app.get("/api/video/{job_id}", summary="A video job's progress, then its per-second timeline")
-    def video_status(job_id: str):
+    async def video_status(job_id: str):
         job = job_or_404(job_id)
         return {k: v for k, v in job.items() if k not in ("folder", "created")}
 
@@ -227,10 +345,13 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
         job = job_or_404(job_id)
         if name not in ("timeline.csv", "annotated.mp4"):
             raise HTTPException(404, "the downloads are timeline.csv and annotated.mp4")
+        if job["state"] == "error":
+            raise HTTPException(409, f"the video job failed, so it has no downloads: {job['error']}")
         if job["state"] != "done":
             raise HTTPException(409, f"the video is still being read ({job['progress']:.0%})")
+        if name == "annotated.mp4" and not job["annotated"]:
+            raise HTTPException(404, "the annotated video was not kept: it outgrew the server's space for videos")
         return FileResponse(job["folder"] / name, filename=name)
-
 
     @app.exception_handler(RequestValidationError)
     async def one_line(request, err):  # FastAPI's default is a list of dicts; ours is one line like the others
@@ -241,23 +362,108 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
     return app
 
 
+def decoded(data, name, max_megapixels):
+    """Image bytes -> BGR image; 413 for an image over the limit, 400 for anything else."""
+    try:
+        return decode_image(data, name, max_megapixels)
+    except ImageTooLarge as err:
+        raise HTTPException(413, str(err).replace("(--max-megapixels)", "(the server's --max-megapixels)")) from None
+    except UserError as err:
+        raise HTTPException(400, f"{name} is not an image, or a corrupt one" if "not an image" in str(err)
+                            else str(err)) from None
+
+
+def allowed_origin(origin):
+    """A web origin given by the user, as browsers send it: scheme://host[:port], lower case."""
+    parts = urlsplit(origin.strip().lower())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise UserError(f"--allow-origin {origin}: give a web origin such as https://app.example or "
+                        "http://localhost:3000")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def host_name(host_header):
+    """The name or address in a Host header, without its port: 'localhost', '::1', ..."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class SameOrigin:
+    """ASGI middleware: a request is answered only if its Host header names this server
+    (a loopback name, the address it listens on, or an allowed origin's host; any IP
+    address when it listens on all of them) and, when a browser sent an Origin, that origin
+    is the server's own page or an allowed one; a browser's request without an Origin must
+    not come from another site's page (Sec-Fetch-Site), unless the user followed a link.
+    Otherwise 403 (a WebSocket is closed before it opens, which browsers see as 403 too).
+    Programs such as curl send neither header."""
+
+    def __init__(self, app, host="127.0.0.1", origins=()):
+        self.app, self.origins = app, set(origins)
+        self.any_address = host in WILDCARD_HOSTS
+        self.names = LOCAL_NAMES | {host_name(host)} | {urlsplit(o).hostname for o in origins}
+
+    def refusal(self, scope):
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        name = host_name(host)
+        if name not in self.names and not (self.any_address and is_ip_address(name)):
+            return f"Host {host[:80]!r} is not this server's address: use http://127.0.0.1 or the --host it was given"
+        origin = headers.get(b"origin")
+        if origin is not None:
+            origin = origin.decode("latin-1").lower()
+            scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+            if origin != f"{scheme}://{host.lower()}" and origin not in self.origins:
+                return (f"requests from pages of {origin[:80]} are refused: only this server's own page may use it "
+                        "(serve.py --allow-origin names others)")
+        # Browsers send no Origin with a plain GET (an <img>, a no-cors fetch), but say where
+        # it comes from; a link followed to this server (a navigation) is the user's own act.
+        elif (headers.get(b"sec-fetch-site") in (b"cross-site", b"same-site")
+              and headers.get(b"sec-fetch-mode") != b"navigate"):
+            return "requests from other sites' pages are refused: only this server's own page may use it"
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        why = self.refusal(scope)
+        if why is None:
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
+        return await JSONResponse({"detail": why}, status_code=403)(scope, receive, send)
+
+
+def is_ip_address(name):
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
 class UploadLimit:
     """ASGI middleware: a request to a limited path with a larger body gets 413 and a
     one-line JSON detail: at once from its Content-Length, or, for a body sent without one,
     as soon as the bytes read pass the limit (an HTTPException, which FastAPI passes on to
-    the app's handler). So an upload is never read past its limit."""
+    the app's handler). So an upload is never read past its limit. A path may also have a
+    `refusal(bytes)` check (the video queue): its answer gets 429 before the body is read."""
 
     def __init__(self, app, limits):
         self.app, self.limits = app, limits
 
     async def __call__(self, scope, receive, send):
-        limit = self.limits.get(scope.get("path")) if scope["type"] == "http" else None
+        limit, refusal = self.limits.get(scope.get("path"), (None, None)) if scope["type"] == "http" else (None, None)
         if limit is None:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
             response = JSONResponse({"detail": too_large(limit)}, status_code=413)
             return await response(scope, receive, send)
+        why = refusal(int(length) if length.isdigit() else 0) if refusal and scope["method"] == "POST" else None
+        if why:
+            return await JSONResponse({"detail": why}, status_code=429)(scope, receive, send)
         received = 0
 
         async def counted_receive():
@@ -273,3 +479,4 @@ class UploadLimit:
 
 def too_large(limit):
     return f"upload too large: the limit is {limit / MB:g} MB"
+

@@ -1,0 +1,250 @@
+"""The web app under hostile input: decompression bombs, other sites' pages, DNS rebinding,
+a full video queue, odd file names and frames, slow clients, SIGTERM with work in flight.
+Every bomb is made here and is small on disk."""
+import os
+import resource
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+import cv2
+import httpx
+import pytest
+
+from conftest import SHARED, assert_clean_error, needs_shared, run_script
+from expressions import browser
+from expressions.web import create_app
+from test_faces_video import astronaut_bgr, write_video
+from test_web import WS_URL, local_client, needs_browser
+
+MB = 1024 * 1024
+
+
+def png_bomb(width, height, rows=True):
+    """A valid PNG of width x height black pixels: with rows, the real compressed pixels
+    (zlib shrinks zeros about 1000x, so 12000x12000 is a 0.4 MB file that decodes to 432 MB);
+    without, only the header claims the size (a few dozen bytes)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    pixels = zlib.compress(bytes((1 + 3 * width) * height), 9) if rows else zlib.compress(b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def jpeg(image):
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def post(client, data, name="photo.png", **headers):
+    return client.post("/api/predict", files={"image": (name, data, "image/png")}, headers=headers)
+
+
+@pytest.fixture(scope="module")
+def app_and_client():
+    app = create_app(tta="none", max_upload_mb=2, max_video_mb=3, max_video_jobs=1, max_video_disk_mb=4)
+    with local_client(app) as client:
+        yield app, client
+
+
+def test_image_bombs_get_413_before_they_are_decoded(app_and_client):
+    _, client = app_and_client
+    bomb = png_bomb(12000, 12000)  # 144 megapixels, over the server's 50
+    assert len(bomb) < 2 * MB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    response = post(client, bomb, "bomb.png")
+    assert response.status_code == 413
+    assert "12000x12000" in response.json()["detail"] and "50 megapixels" in response.json()["detail"]
+    # Decoded, it would have taken 432 MB (and more for the grey copy): it never was.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 < peak + 200
+    header_only = post(client, png_bomb(60000, 60000, rows=False), "huge.png")
+    assert header_only.status_code == 413 and "60000x60000" in header_only.json()["detail"]
+    # The server still reads an ordinary photo afterwards.
+    assert len(post(client, jpeg(astronaut_bgr()), "face.jpg").json()["faces"]) == 1
+
+
+def test_websocket_bombs_text_frames_and_odd_names_get_one_line_answers(app_and_client):
+    _, client = app_and_client
+    with client.websocket_connect(WS_URL) as ws:
+        ws.send_text("hello")
+        assert "binary message" in ws.receive_json()["error"]
+        ws.send_bytes(png_bomb(60000, 60000, rows=False))
+        assert "60000x60000" in ws.receive_json()["error"]
+        ws.send_bytes(jpeg(astronaut_bgr()))
+        assert len(ws.receive_json()["faces"]) == 1  # the stream goes on
+    odd = post(client, b"GIF89a not really", "a\x00b/../../etc/passwd.gif")
+    assert odd.status_code == 400 and "\x00" not in odd.json()["detail"]
+    video = client.post("/api/video", files={"video": ("clip\x00.mp4", b"junk", "video/mp4")})
+    assert video.status_code == 200  # stored under a name of the server's own, never the client's
+    job = video.json()["job"]
+    deadline = time.time() + 30
+    while (status := client.get(f"/api/video/{job}").json())["state"] not in ("done", "error"):
+        assert time.time() < deadline
+        time.sleep(0.1)
+    assert status["state"] == "error" and "not a video" in status["error"]
+    download = client.get(f"/api/video/{job}/timeline.csv")  # a failed job says so, not "still being read"
+    assert download.status_code == 409 and "failed" in download.json()["detail"]
+
+
+def test_the_video_queue_and_its_disk_space_are_bounded(app_and_client, tmp_path):
+    app, client = app_and_client
+    clip = write_video(tmp_path / "clip.mp4", [astronaut_bgr()] * 60, fps=10).read_bytes()
+    first = client.post("/api/video", files={"video": ("a.mp4", clip, "video/mp4")})
+    assert first.status_code == 200
+    folders = len(list(app.state.jobs.root.iterdir()))
+    second = client.post("/api/video", files={"video": ("b.mp4", clip, "video/mp4")})  # max_video_jobs=1
+    if client.get(f"/api/video/{first.json()['job']}").json()["state"] in ("queued", "running"):
+        assert second.status_code == 429 and "waiting or being read" in second.json()["detail"]
+        assert len(list(app.state.jobs.root.iterdir())) == folders  # the refused upload was not stored
+    job = (second if second.status_code == 200 else first).json()["job"]
+    deadline = time.time() + 60
+    while client.get(f"/api/video/{job}").json()["state"] not in ("done", "error"):
+        assert time.time() < deadline
+        time.sleep(0.1)
+    # 4 MB of disk for videos: three uploads of 1.5 MB cannot all stay; the oldest finished
+    # jobs make room, and an upload that cannot fit beside a running one gets 429.
+    statuses, big = [], clip + bytes(int(1.5 * MB))
+    for name in ("c.mp4", "d.mp4", "e.mp4"):
+        statuses.append(client.post("/api/video", files={"video": (name, big, "video/mp4")}).status_code)
+        time.sleep(0.5)
+    assert set(statuses) <= {200, 429} and 200 in statuses
+    assert app.state.jobs.disk_used() <= 4 * MB
+
+
+def test_other_sites_pages_and_rebound_host_names_get_403(app_and_client):
+    _, client = app_and_client
+    photo = jpeg(astronaut_bgr())
+    evil = {"origin": "http://evil.example"}
+    assert post(client, photo, **evil).status_code == 403
+    assert post(client, photo, origin="null").status_code == 403  # sandboxed frames, file:// pages
+    assert client.post("/api/video", files={"video": ("a.mp4", b"x", "video/mp4")}, headers=evil).status_code == 403
+    rebound = client.get("/api/health", headers={"host": "evil.example:8000"})
+    assert rebound.status_code == 403 and "Host" in rebound.json()["detail"]
+    with pytest.raises(Exception):  # closed before it opens: browsers see 403
+        with client.websocket_connect(WS_URL, headers=evil) as ws:
+            ws.send_bytes(photo)
+            ws.receive_json()
+    # A GET without Origin (an <img>, a no-cors fetch) from another site's page: refused;
+    # a link the user follows to the server: answered.
+    assert client.get("/api/health", headers={"sec-fetch-site": "same-site", "sec-fetch-mode": "no-cors"}).status_code == 403
+    assert client.get("/", headers={"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"}).status_code == 200
+    assert post(client, photo, origin="http://127.0.0.1:8000").status_code == 200  # its own page
+    assert client.get("/api/health", headers={"host": "localhost:8000"}).status_code == 200
+
+
+def test_an_allowed_origin_may_use_the_api():
+    app = create_app(tta="none", pipelines=1, allow_origins=["https://App.Example/"])
+    with local_client(app) as client:
+        response = post(client, jpeg(astronaut_bgr()), origin="https://app.example")
+        assert response.status_code == 200 and response.headers["access-control-allow-origin"] == "https://app.example"
+        assert post(client, jpeg(astronaut_bgr()), origin="https://other.example").status_code == 403
+    with pytest.raises(Exception, match="--allow-origin"):
+        create_app(allow_origins=["not an origin"])
+
+
+def closed_by_server(sock):
+    """True if the server closed this connection (EOF or reset) within 3 s."""
+    sock.settimeout(3)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+    finally:
+        sock.close()
+
+
+def serve(*args, env=None):
+    """serve.py in a subprocess; returns (process, url) once it serves."""
+    port = browser.free_port()
+    process = subprocess.Popen([sys.executable, "scripts/serve.py", "--port", str(port), *args], cwd=browser.ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        if line.startswith("Serving on") or (not line and process.poll() is not None):
+            break
+    assert process.poll() is None, process.stdout.read()
+    return process, f"http://127.0.0.1:{port}"
+
+
+@needs_shared
+def test_serve_closes_slow_clients_and_stops_cleanly_on_sigterm_with_work_in_flight(tmp_path):
+    env = {"TMPDIR": str(tmp_path)}  # its temporary folder lands here, to check that it goes
+    process, url = serve("--request-timeout", "2", env=env)
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        # Slow clients: headers, or a body, a byte at a time; all closed after the timeout.
+        slow = []
+        for n in range(30):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n" + (
+                b"Content-Length: 100000\r\nContent-Type: multipart/form-data; boundary=x\r\n\r\n--x" if n % 2 else b"X-"))
+            slow.append(s)
+        time.sleep(1)
+        assert httpx.get(url + "/api/health", timeout=10).status_code == 200  # still answers meanwhile
+        time.sleep(3.5)
+        assert all(closed_by_server(s) for s in slow), "a slow client was still held open"
+        # Work in flight: two videos queued, a WebSocket stream, photo requests.
+        video = (SHARED / "media" / "fer_woman2.mp4").read_bytes()
+        for _ in range(2):
+            assert httpx.post(url + "/api/video", files={"video": ("v.mp4", video, "video/mp4")}).status_code == 200
+        photo = jpeg(astronaut_bgr())
+
+        def stream():
+            from websockets.sync.client import connect
+            try:
+                with connect(url.replace("http", "ws") + "/api/stream") as ws:
+                    while True:
+                        ws.send(photo)
+                        ws.recv()
+            except Exception:  # noqa: BLE001 (the server going away ends it)
+                pass
+
+        def photos():
+            try:
+                while True:
+                    httpx.post(url + "/api/predict", files={"image": ("a.jpg", photo, "image/jpeg")}, timeout=30)
+            except httpx.HTTPError:
+                pass
+
+        for work in (stream, photos, photos):
+            threading.Thread(target=work, daemon=True).start()
+        time.sleep(2)
+        assert list(tmp_path.iterdir())  # the videos' folder exists while it serves
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output[-2000:]
+    assert "Traceback" not in output and output.strip().endswith("stopped")
+    assert not list(tmp_path.iterdir())  # temporary files removed
+
+
+def test_serve_refuses_bad_limits_with_one_line_and_leaves_nothing(tmp_path):
+    result = subprocess.run([sys.executable, "scripts/serve.py", "--pipelines", "0"], cwd=browser.ROOT,
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert_clean_error(result, "--pipelines 0")
+    assert_clean_error(run_script("serve.py", "--max-megapixels", "nan"), "--max-megapixels")
+    assert not list(tmp_path.iterdir())
+
+
+@needs_browser
+def test_a_page_of_another_site_cannot_use_the_server_in_chromium(tmp_path):
+    pytest.importorskip("playwright", reason="playwright is not installed (pip install -r requirements.txt)")
+    with browser.running_server("--tta", "none", "--pipelines", "1") as (url, _):
+        tried = browser.foreign_page_attempts(url, tmp_path)
+    # The server's answers to the other site's page: 403 for each request, the socket refused.
+    assert tried["statuses"] == {"/api/health": 403, "/api/predict": 403}, tried
+    assert tried["websocket"] == "refused", tried
+    # DNS rebinding: the same server reached under another site's name is refused too.
+    assert tried["rebound_status"] == 403, tried
