@@ -205,11 +205,14 @@ def crops_per_second(video: Path, out: Path, detector_name="yunet"):
                 shutil.copyfile(video, tmp)
         else:  # re-encode, so the kept copy is always an .mp4
             cap, writer = open_video(str(video)), VideoFile(kept, fps)
+            if cap is None:  # readable a moment ago: replaced or removed since
+                raise UserError(f"cannot read video {video} again to keep a copy")
             while True:
                 ok, frame = cap.read()
                 if not ok:
                     break
                 writer.write(frame)
+            cap.release()
             writer.close()
     print(f"{frame_no / fps:.1f} s of video at {fps:.2f} fps: wrote {len(crops)} face crops to {out}"
           + (f"; no face in second(s) {', '.join(map(str, missing))}" if missing else ""))

@@ -3,7 +3,7 @@ summary of a stream (what predict_live_stream.py prints)."""
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +14,56 @@ from .outputs import check_file
 VIDEO_SUFFIXES = (".mp4", ".avi")  # what the pip OpenCV wheel can write: mp4v and MJPG
 
 
+class Capture:
+    """A cv2.VideoCapture whose first frame was read ahead (to prove the source readable):
+    the first read() hands that frame back instead of seeking to frame 0, a seek that loses
+    frames of MPEG-TS files (all of them, or a segment of a concatenated one) and cannot
+    work on webcams or live streams. Everything else goes to the capture."""
+
+    def __init__(self, cap, first):
+        self.cap, self.first, self.held = cap, first, None  # held: the frame grab() took from `first`
+
+    def read(self, image=None):
+        self.held = None
+        if self.first is not None:
+            frame, self.first = self.first, None
+            return True, frame
+        return self.cap.read(image)
+
+    def grab(self):
+        self.held, self.first = self.first, None
+        return True if self.held is not None else self.cap.grab()
+
+    def retrieve(self, image=None, flag=0):
+        return (True, self.held) if self.held is not None else self.cap.retrieve(image, flag)
+
+    def get(self, prop):
+        import cv2
+        value = self.cap.get(prop)
+        if prop == cv2.CAP_PROP_POS_FRAMES and self.first is not None:
+            return max(0.0, value - 1)  # the frame read ahead is still to come
+        return value
+
+    def set(self, prop, value):
+        import cv2
+        if prop in (cv2.CAP_PROP_POS_FRAMES, cv2.CAP_PROP_POS_MSEC, cv2.CAP_PROP_POS_AVI_RATIO):
+            self.first = self.held = None  # after a seek the frame read ahead is not the next one
+        return self.cap.set(prop, value)
+
+    def isOpened(self):
+        return self.cap.isOpened()
+
+    def release(self):
+        self.first = self.held = None
+        self.cap.release()
+
+    def __getattr__(self, name):  # getBackendName() and the rest of cv2.VideoCapture
+        return getattr(self.cap, name)
+
+
 def open_video(source):
-    """A cv2.VideoCapture for a webcam index (int) or a file path / URL; None if it cannot be opened."""
+    """A webcam index (int) or a file path / URL opened for reading: a Capture (used like a
+    cv2.VideoCapture, from the first frame), or None if it cannot be opened or read."""
     import cv2
     cap = cv2.VideoCapture(source)
     if not cap.isOpened():
@@ -24,9 +72,7 @@ def open_video(source):
     if not ok or frame is None:
         cap.release()
         return None
-    if not isinstance(source, int):
-        cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # back to the first frame of a file
-    return cap
+    return Capture(cap, frame)
 
 
 def video_fps(cap):
@@ -43,6 +89,20 @@ def check_video_path(path) -> Path:
     return check_file(path, "video")
 
 
+def new_file_beside(path: Path) -> Path:
+    """A new empty hidden file beside `path`, with its suffix. Created with mode 0666 so the
+    kernel applies the umask (and any default ACL) as for a plain open(path, "w"):
+    mkstemp's 0600 would stay on the finished video, which the rename keeps."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}-{secrets.token_hex(4)}{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 class VideoFile:
     """A video written frame by frame into a temporary file beside `path`; close() renames
     it into place, so an interrupted run never leaves half a video under the real name."""
@@ -54,11 +114,9 @@ class VideoFile:
     def write(self, frame):
         import cv2
         if self.writer is None:  # the size is known from the first frame
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}-", suffix=self.path.suffix)
-            os.close(fd)
-            self.tmp = Path(tmp)
+            self.tmp = tmp = new_file_beside(self.path)
             codec = "MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"
-            self.writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*codec), self.fps,
+            self.writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), self.fps,
                                           (frame.shape[1], frame.shape[0]))
             if not self.writer.isOpened():
                 self.close(keep=False)
@@ -102,6 +160,19 @@ class SecondSummary:
         return sorted(rows, key=lambda r: (-r[3], r[0]))
 
 
+def open_at(file, second=0.0):
+    """A video file opened at a given second, reached by reading forward from the start:
+    seeking (CAP_PROP_POS_MSEC or _FRAMES) drops or misplaces frames of MPEG-TS files."""
+    cap = open_video(str(file))
+    if cap is None:
+        raise UserError(f"cannot read video {file}")
+    for _ in range(int(second * video_fps(cap) + 0.5)):  # OpenCV's own rounding of a seek
+        if not cap.grab():  # shorter than that: from the start, as a short clip restarts
+            cap.release()
+            return open_at(file)
+    return cap
+
+
 def tile_videos(sources, path, size=(640, 480), grid=(3, 2), seconds=10.0, fps=30.0):
     """A video of several faces at once, made from one-face videos: each (file, start
     second, mirrored) of `sources` fills one cell of a `grid` (columns, rows) in frames of
@@ -111,22 +182,18 @@ def tile_videos(sources, path, size=(640, 480), grid=(3, 2), seconds=10.0, fps=3
     if len(sources) > cols * rows:
         raise UserError(f"{len(sources)} videos do not fit a {cols}x{rows} grid")
     cell_w, cell_h = size[0] // cols, size[1] // rows
-    caps = []
-    for file, start, _ in sources:
-        cap = open_video(str(file))
-        if cap is None:
-            raise UserError(f"cannot read video {file}")
-        cap.set(cv2.CAP_PROP_POS_MSEC, start * 1000)
-        caps.append(cap)
-    out = VideoFile(path, fps)
+    out, caps = VideoFile(path, fps), []
     try:
+        for file, start, _ in sources:
+            caps.append(open_at(file, start))
         for _ in range(int(seconds * fps)):
             canvas = np.full((size[1], size[0], 3), 128, np.uint8)
-            for n, (cap, (file, start, mirrored)) in enumerate(zip(caps, sources)):
-                ok, frame = cap.read()
-                if not ok:  # a short clip starts again
-                    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                    ok, frame = cap.read()
+            for n, (file, start, mirrored) in enumerate(sources):
+                ok, frame = caps[n].read()
+                if not ok:  # a short clip starts again from its first frame
+                    caps[n].release()
+                    caps[n] = open_at(file)
+                    ok, frame = caps[n].read()
                 scale = min(cell_w / frame.shape[1], cell_h / frame.shape[0])
                 frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
                 if mirrored:
