@@ -4,6 +4,7 @@ Both networks take raw 48x48x1 grey pixels 0..255 (scaling happens inside the mo
 return 7 class probabilities, so every script treats them alike."""
 from __future__ import annotations
 
+import io
 import pickle
 import sys
 import warnings
@@ -114,27 +115,182 @@ def model_path(name) -> Path:
     return Path(MODEL_ALIASES.get(str(name), name))
 
 
+# The committed models' SHA-256 (sha256sum results/model/*.pkl). A file at one of these
+# paths loads only if it is that file, or the file this toolkit's save_model last wrote there:
+# train.py and ensemble.py rewrite them on purpose, and save_model then records the new hash
+# beside it (PATH.sha256, sha256sum's format), so `train.py && predict.py` keeps working. A
+# file swapped in any other way (a pull, a copy, a download) is refused: its binary diff
+# cannot be reviewed, a change of these lines can. Other paths get no hash check; every
+# model file, wherever it is, goes through the restricted unpickler below.
+COMMITTED_SHA256 = {
+    "my_own_model.pkl": "2241f078b09e041301a3d43f0972d5b27e097557bcee079d76d360eb98e1bc49",
+    "pre_trained_model.pkl": "f3e2dce0eaadc7877349a9649d3633b500bf9cf474cf936316fba103605d9a85",
+}
+
+
+def committed_name(path):
+    """The committed model a path is (its file name), or None for any other path."""
+    path = Path(path)
+    if path.name in COMMITTED_SHA256 and path.resolve() == (MODEL_DIR / path.name).resolve():
+        return path.name
+    return None
+
+
+def sha256_record(path) -> Path:
+    """Where save_model records the SHA-256 of a committed model it rewrote."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
 def save_model(model, path):
-    """Pickle a Keras model atomically, so a crash never leaves a broken file behind."""
+    """Pickle a Keras model atomically, so a crash never leaves a broken file behind. When it
+    rewrites a committed model, record its SHA-256 beside it (see COMMITTED_SHA256)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         pickle.dump(model, f)
+    if committed_name(path):
+        with atomic_path(sha256_record(path)) as tmp:
+            Path(tmp).write_text(f"{file_sha256(path)}  {path.name}\n")
+
+
+def check_committed(path, content: bytes):
+    """Refuse a committed model file that is neither the committed one nor the one save_model
+    last wrote there."""
+    name = committed_name(path)
+    if name is None:
+        return
+    import hashlib
+    digest = hashlib.sha256(content).hexdigest()
+    if digest == COMMITTED_SHA256[name]:
+        return
+    try:
+        recorded = sha256_record(path).read_text().split()[0]
+    except (OSError, IndexError):
+        recorded = None
+    if digest != recorded:
+        raise UserError(f"the committed model file {path} is altered (SHA-256 {digest[:12]}..., committed "
+                        f"{COMMITTED_SHA256[name][:12]}...) and was not written by this toolkit's training: "
+                        f"restore it with `git checkout -- {path}`; if you changed it on purpose, record it "
+                        f"with `sha256sum {path} > {sha256_record(path)}`")
+
+
+# Every global a model file of this toolkit references (pickletools.dis of each committed
+# .pkl, results/model/runs/ included): Keras 3 pickles a model as
+# getattr(Functional, "_unpickle_model")(BytesIO(<its .keras zip>)). The unpickler admits
+# these and nothing else, and even these only in that use (see _ModelUnpickler).
+PICKLE_GLOBALS = {("builtins", "getattr"), ("keras.src.models.functional", "Functional"), ("_io", "BytesIO")}
+
+
+class Refused(Exception):
+    """A model file asked for something a model file may not do (the message says what)."""
+
+
+class _FunctionalToken:
+    """What the unpickler gives for Functional: not the class, so a pickle cannot call its
+    constructor or read its attributes; only getattr(it, "_unpickle_model") works."""
+    __slots__ = ()
+
+
+_FUNCTIONAL = _FunctionalToken()
+
+
+class _ModelUnpickler(pickle.Unpickler):
+    """Unpickles only Keras' own pickling of a model (see PICKLE_GLOBALS). An unrestricted
+    getattr would reach any attribute (a function's __globals__, so os.system), so getattr
+    serves only _unpickle_model, and that is ours: Keras' own loads the archive with
+    safe_mode=False ("pickle is not safe regardless")."""
+
+    def find_class(self, module, name):
+        if (module, name) not in PICKLE_GLOBALS:
+            raise Refused(f"it asks to run {module}.{name}")
+        return {"getattr": self._getattr, "Functional": _FUNCTIONAL, "BytesIO": io.BytesIO}[name]
+
+    def _getattr(self, obj, name, *default):
+        if obj is _FUNCTIONAL and name == "_unpickle_model" and not default:
+            return load_keras_archive
+        what = "Functional" if obj is _FUNCTIONAL else type(obj).__name__
+        raise Refused(f"it asks to run getattr({what}, {name!r})")
+
+
+def archive_modules(config):
+    """Every `module` a .keras config.json names (the classes' and functions' modules)."""
+    if isinstance(config, dict):
+        if "module" in config:
+            yield config["module"]
+        for value in config.values():
+            yield from archive_modules(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from archive_modules(value)
+
+
+def load_keras_archive(buffer):
+    """The model in a .keras zip (Keras' pickling holds one in a BytesIO), loaded in Keras'
+    safe mode, after checking that loading it imports no module."""
+    import json
+    import zipfile
+    if not isinstance(buffer, io.BytesIO):
+        raise Refused(f"it asks to run Functional._unpickle_model on a {type(buffer).__name__}")
+    content = buffer.getvalue()
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            if archive.getinfo("config.json").file_size > 64 << 20:
+                raise Refused("its config.json is over 64 MB")
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as err:
+        raise Refused(f"its Keras archive is unreadable ({err.__class__.__name__}: {err})") from None
+    # Even in safe mode Keras imports a class's `module` when it starts with keras, keras_hub,
+    # keras_cv or keras_nlp (a keras_hub folder on sys.path would run; keras.*_test modules
+    # pull in pytest): only Keras' own modules, already imported, so loading imports nothing.
+    for module in archive_modules(config):
+        if module is not None and not (isinstance(module, str) and module.split(".")[0] == "keras"
+                                       and module in sys.modules):
+            raise Refused(f"it asks to import {module}")
+    from keras.src.saving import saving_lib, serialization_lib
+    # The scope too: keras.config.enable_unsafe_deserialization() would override the argument.
+    with serialization_lib.SafeModeScope(True):
+        try:
+            return saving_lib._load_model_from_fileobj(io.BytesIO(content), custom_objects=None,
+                                                       compile=True, safe_mode=True)
+        except ValueError as err:
+            if "safe_mode" not in str(err):
+                raise
+            # "Requested the deserialization of a `Lambda` layer whose `function` is a Python lambda."
+            raise Refused(f"it asks to run code Keras' safe mode refuses ({str(err).split('. ')[0]})") from None
 
 
 def load_model(name="own"):
     """Load a pickled Keras model (a path, or 'own' / 'pre_trained') and check it maps
-    48x48x1 pixels to 7 probabilities."""
+    48x48x1 pixels to 7 probabilities.
+
+    What a model file may do: hold a Keras model made of Keras' own layers (Keras' pickling:
+    a .keras archive in a buffer), mapping 48x48x1 pixels to 7 probabilities. What it may
+    not: run code when loaded (the unpickler admits only the three globals of that pickling,
+    PICKLE_GLOBALS), import modules (its config may name only Keras modules already
+    imported), or carry Python code such as a Lambda layer's (Keras loads it in safe mode).
+    Anything else is a one-line UserError, before any of it runs. The committed models must
+    also be the committed files or ones this toolkit's training wrote (COMMITTED_SHA256). A
+    MODEL.tflite beside a model (frame_predictor) is a TensorFlow Lite flatbuffer: ops and
+    weights, no Python code."""
     path = model_path(name)
     if not path.exists():
         how = "python scripts/train.py" + (" --backbone mobilenet" if path.name.startswith("pre_trained") else "")
         raise UserError(f"model not found at {path}: train one with `{how}`")
-    import_tensorflow()  # unpickling needs Keras imported
     try:
-        with open(path, "rb") as f:
-            model = pickle.load(f)
+        content = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read model {path}: {err.strerror or err}") from None
+    check_committed(path, content)
+    import_tensorflow()  # the archive's modules must be imported already (load_keras_archive)
+    try:
+        model = _ModelUnpickler(io.BytesIO(content)).load()
+    except Refused as err:
+        raise UserError(f"model {path} is not a Keras model file this toolkit can load safely: {err} "
+                        "(model files may only hold a Keras model)") from None
     except Exception as err:
-        raise UserError(f"cannot load model {path}: {err.__class__.__name__}: {err}") from None
+        first = (str(err).splitlines() or [""])[0][:300]
+        raise UserError(f"cannot load model {path}: {err.__class__.__name__}: {first}") from None
     in_shape = tuple(getattr(model, "input_shape", ()) or ())
     out_shape = tuple(getattr(model, "output_shape", ()) or ())
     if in_shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 1) or out_shape[1:] != (len(EMOTIONS),):
@@ -325,7 +481,10 @@ def frame_predictor(model_name, tta, runtime="auto"):
     """The classifier of the face pipeline: the TensorFlow Lite form beside the model when
     runtime is tflite, or auto and that file was derived from this very model (its
     .tflite.json records the .pkl's SHA-256); else the Keras model in a tf.function.
-    Returns (predict function returning numpy, the runtime used)."""
+    Returns (predict function returning numpy, the runtime used).
+
+    The .tflite bytes go to TensorFlow Lite without load_model's checks: a flatbuffer holds
+    ops and weights, no Python code to run (see load_model on what a model file may do)."""
     path = tflite_path(model_name)
     if not model_path(model_name).exists():
         load_model(model_name)  # the one-line "model not found" error
