@@ -5,12 +5,10 @@ import os
 import resource
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 
 import cv2
 import httpx
@@ -18,22 +16,12 @@ import pytest
 
 from conftest import SHARED, assert_clean_error, needs_shared, run_script
 from expressions import browser
+from expressions.hostile import png_bomb
 from expressions.web import create_app
 from test_faces_video import astronaut_bgr, write_video
 from test_web import WS_URL, local_client, needs_browser
 
 MB = 1024 * 1024
-
-
-def png_bomb(width, height, rows=True):
-    """A valid PNG of width x height black pixels: with rows, the real compressed pixels
-    (zlib shrinks zeros about 1000x, so 12000x12000 is a 0.4 MB file that decodes to 432 MB);
-    without, only the header claims the size (a few dozen bytes)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    pixels = zlib.compress(bytes((1 + 3 * width) * height), 9) if rows else zlib.compress(b"")
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
 
 
 def jpeg(image):
@@ -61,7 +49,7 @@ def test_image_bombs_get_413_before_they_are_decoded(app_and_client):
     assert "12000x12000" in response.json()["detail"] and "50 megapixels" in response.json()["detail"]
     # Decoded, it would have taken 432 MB (and more for the grey copy): it never was.
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 < peak + 200
-    header_only = post(client, png_bomb(60000, 60000, rows=False), "huge.png")
+    header_only = post(client, png_bomb(60000, 60000, pixels=False), "huge.png")
     assert header_only.status_code == 413 and "60000x60000" in header_only.json()["detail"]
     # The server still reads an ordinary photo afterwards.
     assert len(post(client, jpeg(astronaut_bgr()), "face.jpg").json()["faces"]) == 1
@@ -72,7 +60,7 @@ def test_websocket_bombs_text_frames_and_odd_names_get_one_line_answers(app_and_
     with client.websocket_connect(WS_URL) as ws:
         ws.send_text("hello")
         assert "binary message" in ws.receive_json()["error"]
-        ws.send_bytes(png_bomb(60000, 60000, rows=False))
+        ws.send_bytes(png_bomb(60000, 60000, pixels=False))
         assert "60000x60000" in ws.receive_json()["error"]
         ws.send_bytes(jpeg(astronaut_bgr()))
         assert len(ws.receive_json()["faces"]) == 1  # the stream goes on
