@@ -25,10 +25,11 @@ import numpy as np
 from expressions import EMOTIONS, RESULTS_DIR, UserError, run_cli
 from expressions import model as nets
 from expressions.crops import add_crop_option, crop_face
-from expressions.faces import FaceDetector, add_detector_option, read_image, to_gray
-from expressions.outputs import check_folder, save_figure, write_image, write_json
+from expressions.faces import FaceDetector, add_detector_option, add_max_megapixels_option, read_image, to_gray
+from expressions.outputs import check_folder, check_not_inputs, save_figure, write_image, write_json
 
 HACK_DIR = RESULTS_DIR / "hack_cnn"
+OUTPUT_NAMES = ("input_image.png", "hacked_image.png", "hack.json", "hack.png")
 
 
 def parse_args(argv=None):
@@ -55,6 +56,7 @@ def parse_args(argv=None):
                         "(survey.json, survey.png); --steps 300 keeps it to minutes (default: off)")
     add_detector_option(p)
     add_crop_option(p)
+    add_max_megapixels_option(p)
     p.add_argument("--out", type=Path, default=HACK_DIR, help="output folder (default: %(default)s)")
     args = p.parse_args(argv)
     if args.target == args.source_class:
@@ -75,7 +77,7 @@ def face_from(args):
         from skimage import data as skdata
         image, name = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), "scikit-image astronaut()"
     else:
-        image, name = read_image(args.image), str(args.image)
+        image, name = read_image(args.image, args.max_megapixels), str(args.image)
     faces = FaceDetector(args.detector).detect(image, still=True)
     if not faces:
         raise UserError(f"no face found in {name}")
@@ -263,6 +265,8 @@ def main(argv=None):
     args = parse_args(argv)
     import cv2
     out = check_folder(args.out)  # before the attack, not after it
+    if args.image is not None:  # --image results/hack_cnn/input_image.png would be overwritten
+        check_not_inputs([(out / name, "output") for name in OUTPUT_NAMES], [args.image])
     source, target = EMOTIONS.index(args.source_class), EMOTIONS.index(args.target)
     if args.survey:
         model = nets.load_model(args.model)

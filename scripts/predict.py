@@ -3,10 +3,15 @@
     python scripts/predict.py                 # Accuracy on test set: NN%  (data/test.csv, 7,178 images)
     python scripts/predict.py --verbose       # + per split, per class, single pass vs the chosen views
     python scripts/predict.py photo.jpg ...   # every face in each photo: emotion, probability
+    python scripts/predict.py FOLDER --csv faces.csv --out annotated/
 
 By default the prediction averages the model's output over 10 views of the face: 5
 positions 2 pixels apart, each also mirrored (test-time augmentation chosen on the
 validation split); --tta chooses. The printed percentage is truncated, never rounded up.
+
+Outputs never overwrite an input, nor a file this toolkit did not write (the run is
+refused before any work; our own earlier outputs are replaced, so a command can be
+re-run); a folder search skips the images this toolkit wrote, such as NAME_emotions.png.
 """
 import argparse
 import sys
@@ -19,9 +24,10 @@ from expressions import data as fer2013
 from expressions import model as nets
 from expressions import reports
 from expressions.crops import add_crop_option
-from expressions.faces import add_detector_option, read_image
+from expressions.faces import add_detector_option, add_max_megapixels_option, read_image
 from expressions.pipeline import EmotionReader, draw_faces, valence_arousal
-from expressions.outputs import check_file, check_folder, unique_names, write_image, write_json, write_text
+from expressions.outputs import (check_file, check_folder, check_user_outputs, own_image, unique_names, write_image,
+                                 write_json, write_text)
 
 
 def parse_args(argv=None):
@@ -34,6 +40,7 @@ def parse_args(argv=None):
     nets.add_tta_option(p)
     add_detector_option(p)
     add_crop_option(p)
+    add_max_megapixels_option(p)
     nets.add_runtime_option(p)
     p.add_argument("--test-csv", type=Path, default=DATA_DIR / "test.csv",
                    help="labelled test images, course format emotion,pixels[,Usage] (default: %(default)s)")
@@ -44,13 +51,15 @@ def parse_args(argv=None):
                    help="with --split val: the prepared data (default: %(default)s)")
     p.add_argument("--verbose", action="store_true", help="also print per-split and per-class figures")
     p.add_argument("--json", type=Path, default=None,
-                   help="also write the figures (accuracy per split, per class, confusion matrix) as JSON "
-                        "(default: none)")
+                   help="also write the figures (accuracy per split, per class, confusion matrix) as JSON; "
+                        "never onto an input or a file this toolkit did not write (default: none)")
     p.add_argument("--csv", type=Path, default=None,
                    help="with photos: one row per face (file, face number, box, landmarks, the 7 probabilities, "
-                        "emotion, valence, arousal) and one row with face 0 per photo without a face (default: none)")
+                        "emotion, valence, arousal) and one row with face 0 per photo without a face; never onto "
+                        "an input or a file this toolkit did not write (default: none)")
     p.add_argument("--out", type=Path, default=None,
-                   help="with photos: folder for the annotated images, NAME_emotions.png (default: none written)")
+                   help="with photos: folder for the annotated images, NAME_emotions.png; refused if one of those "
+                        "names is an input or a file this toolkit did not write (default: none written)")
     return p.parse_args(argv)
 
 
@@ -77,7 +86,7 @@ def evaluate(args):
             print(f"{label:<10}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}{m['support']:>9,}")
     if args.json:
         write_json(args.json, {"model": str(nets.model_path(args.model)), "split": args.split, "tta": args.tta,
-                               **report})
+                               **report}, mark=True)  # marked: a re-run may replace it
     return 0
 
 
@@ -88,14 +97,21 @@ CSV_COLUMNS = ["file", "face", "x", "y", "w", "h", *[f"{part}_{axis}" for part i
 
 
 def photo_paths(paths):
-    """The photos named, with every folder searched recursively for image files."""
-    found = []
+    """The photos named, with every folder searched recursively for image files, except
+    the images this toolkit wrote (its annotated NAME_emotions.png above all: a second run
+    with --out inside the folder must not read the first one's outputs). Returns the
+    photos and how many such images were skipped; a photo named itself is always read."""
+    found, skipped = [], 0
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            for p in sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+                if own_image(p):
+                    skipped += 1
+                else:
+                    found.append(p)
         else:
             found.append(path)
-    return found
+    return found, skipped
 
 
 def csv_rows(path, faces, proba):
@@ -111,22 +127,18 @@ def csv_rows(path, faces, proba):
     return rows
 
 
-def read_photos(args):
+def read_photos(args, paths, names):
     """Every face in every photo: emotion, probability, valence and arousal."""
     import csv
     import io
     import time
-    paths = photo_paths(args.photos)
-    if not paths:
-        raise UserError(f"no image files in {', '.join(map(str, args.photos))}")
-    names = unique_names(paths, "_emotions.png")  # photo.jpg in two folders: two files
     reader = None  # loaded with the first readable photo: a run of unreadable files fails fast
     unreadable, with_face, rows = 0, 0, []
     last_progress = time.time()
     for k, (path, name) in enumerate(zip(paths, names), start=1):
         try:
-            image = read_image(path)
-        except UserError as err:
+            image = read_image(path, args.max_megapixels)
+        except UserError as err:  # not an image, or too large (--max-megapixels): said, skipped, exit code 1
             print(f"error: {err}", file=sys.stderr)
             unreadable += 1
             continue
@@ -160,14 +172,31 @@ def read_photos(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    # Every output is checked before the work starts.
+    paths, names = [], []
+    if args.photos:
+        paths, skipped = photo_paths(args.photos)
+        if skipped:
+            print(f"skipped {skipped:,} image{'s' if skipped > 1 else ''} this toolkit wrote (annotated "
+                  "NAME_emotions.png, figures) in the folders searched; name one to read it", file=sys.stderr)
+        if not paths:
+            raise UserError(f"no image files in {', '.join(map(str, args.photos))}"
+                            + (" but the ones this toolkit wrote" if skipped else ""))
+        names = unique_names(paths, "_emotions.png")  # photo.jpg in two folders: two files
+        inputs = paths
+    else:
+        inputs = [args.test_csv] if args.split == "test" else list(args.data_dir.glob("*"))
+    # Every output is checked before the work starts: writable, and neither an input nor
+    # a file this toolkit did not write (see expressions/outputs.py).
+    outputs = []
     if args.out:
         check_folder(args.out)
+        outputs += [(args.out / name, "annotated image", None) for name in names]
     if args.json:
-        check_file(args.json, "JSON file")
+        outputs.append((check_file(args.json, "JSON file"), "JSON file", None))
     if args.csv:
-        check_file(args.csv, "CSV file")
-    return read_photos(args) if args.photos else evaluate(args)
+        outputs.append((check_file(args.csv, "CSV file"), "CSV file", ",".join(CSV_COLUMNS)))
+    check_user_outputs(outputs, [*inputs, nets.model_path(args.model)])
+    return read_photos(args, paths, names) if args.photos else evaluate(args)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def check_size(source, name, max_megapixels):
                         "PNM or JPEG 2000) whose size can be checked before decoding")
     width, height = size
     if width * height > max_megapixels * 1e6:
-        raise ImageTooLarge(f"{name} is {width}x{height} pixels ({width * height / 1e6:,.0f} megapixels), over "
+        raise ImageTooLarge(f"{name} is {width}x{height} pixels ({width * height / 1e6:,.1f} megapixels), over "
                             f"the limit of {max_megapixels:g} megapixels (--max-megapixels)")
 
 

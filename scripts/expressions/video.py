@@ -3,13 +3,12 @@ summary of a stream (what predict_live_stream.py prints)."""
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
 from . import UserError
-from .outputs import check_file
+from .outputs import check_file, new_file_beside
 
 VIDEO_SUFFIXES = (".mp4", ".avi")  # what the pip OpenCV wheel can write: mp4v and MJPG
 
@@ -87,20 +86,6 @@ def check_video_path(path) -> Path:
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise UserError(f"cannot write video {path}: use a .mp4 or .avi name")
     return check_file(path, "video")
-
-
-def new_file_beside(path: Path) -> Path:
-    """A new empty hidden file beside `path`, with its suffix. Created with mode 0666 so the
-    kernel applies the umask (and any default ACL) as for a plain open(path, "w"):
-    mkstemp's 0600 would stay on the finished video, which the rename keeps."""
-    for _ in range(100):
-        tmp = path.parent / f".{path.stem}-{secrets.token_hex(4)}{path.suffix}"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 class VideoFile:
