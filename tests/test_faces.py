@@ -1,5 +1,6 @@
 """Finding faces: the shipped YuNet file, every form of photo, alignment, ids, folders and --csv."""
 import shutil
+from pathlib import Path
 import time
 
 import cv2
@@ -186,3 +187,31 @@ def test_frames_are_classified_by_the_tflite_form_only_when_it_was_made_from_the
     (tmp_path / "m.pkl").write_bytes((tmp_path / "m.pkl").read_bytes() + b"\0")
     with pytest.raises(UserError, match="not made from"):
         nets.frame_predictor(tmp_path / "m.pkl", "none", runtime="tflite")
+
+
+def test_an_unreadable_photo_is_reported_with_its_cause():
+    import os
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:  # in /tmp: a folder any user may enter
+        Path(folder).chmod(0o711)
+        photo = Path(folder) / "locked.jpg"
+        cv2.imwrite(str(photo), astronaut_bgr())
+        photo.chmod(0o000)
+        locked_folder = Path(folder) / "locked"
+        locked_folder.mkdir()
+        cv2.imwrite(str(locked_folder / "inside.jpg"), astronaut_bgr())
+        locked_folder.chmod(0o000)
+        as_nobody = os.geteuid() == 0  # root reads any file: read as an unprivileged user would
+        messages = []
+        try:
+            if as_nobody:
+                os.seteuid(65534)
+            for path in (photo, locked_folder / "inside.jpg"):
+                with pytest.raises(UserError) as err:
+                    faces.read_image(path)
+                messages.append(str(err.value))
+        finally:
+            if as_nobody:
+                os.seteuid(0)
+            locked_folder.chmod(0o700)  # so that it can be removed
+    assert all("Permission denied" in m and "OpenCV" not in m for m in messages), messages

@@ -76,11 +76,11 @@ def read_image(path, max_megapixels=MAX_MEGAPIXELS):
     EXIF-rotated), or a clear error; its size is checked from its header first."""
     import cv2
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image not found: {path}")
     try:
+        if not path.is_file():
+            raise UserError(f"image not found: {path}")
         check_size(path, f"image {path}", max_megapixels)
-    except OSError as err:  # permission denied, a read error: said as such
+    except OSError as err:  # permission denied (the file or a folder above it), a read error: said as such
         raise UserError(f"cannot read image {path}: {err.strerror or err}") from None
     try:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # converts grey, 16-bit, alpha and palette images
