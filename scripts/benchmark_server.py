@@ -10,7 +10,7 @@
    and the server's memory (resident set) before and after.
 4. The same load again beside a hostile mix for as long: decompression bombs (a 0.4 MB
    PNG of 12000x12000 pixels), requests from another site's page and under another host
-   name, junk video uploads, bombs and text frames over the WebSocket, and slow clients
+   name, the largest photo allowed (49 megapixels) every half second, junk video uploads, bombs and text frames over the WebSocket, and slow clients
    that send their headers a byte at a time. The normal clients' errors and latency are
    compared with step 3; the hostile requests' answers are counted; the server's peak
    memory is reported; then one more normal request must get the same answer as before.
@@ -97,12 +97,14 @@ HOSTILE_PAUSE = 0.05  # each hostile loop sends about 20 requests a second
 
 async def hostile_mix(url, seconds):
     """Hostile clients for `seconds`, each in a loop: the server's answers counted by kind
-    and status (0: no answer). Expected: bombs 413, foreign pages and host names 403, junk
-    videos 200 (the job then fails) or 429, WebSocket bombs and text frames an error message."""
+    and status (0: no answer). Expected: bombs 413, foreign pages and host names 403, the
+    largest photo allowed 200 (no face), junk videos 200 (the job then fails) or 429,
+    WebSocket bombs and text frames an error message."""
     import httpx
     from websockets.asyncio.client import connect
     host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
     bomb, header_bomb, junk = png_bomb(12000, 12000), png_bomb(60000, 60000, pixels=False), os.urandom(1024 * 1024)
+    largest = png_bomb(7000, 7000)  # 49 megapixels, just under the server's 50: decoded, 147 MB
     counts, deadline = collections.Counter(), time.perf_counter() + seconds
 
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -135,11 +137,13 @@ async def hostile_mix(url, seconds):
             repeat("another site's page", lambda: client.post(
                 "/api/predict", files={"image": photo}, headers={"origin": "http://evil.example"})),
             repeat("another host name", lambda: client.get("/api/health", headers={"host": "evil.example"})),
+            repeat("largest photo allowed (7000x7000, black)", lambda: client.post(
+                "/api/predict", files={"image": ("large.png", largest, "image/png")}), pause=0.5),
             repeat("junk video", lambda: client.post("/api/video", files={"video": ("junk.mp4", junk, "video/mp4")}),
                    pause=0.5),
             websocket_bombs(),
             *(slow_client(host, port, until) for _ in range(SLOW_CLIENTS)))
-        counts["slow clients closed by the server"] = sum(slow[5:])
+        counts["slow clients closed by the server"] = sum(slow[6:])
     return dict(sorted(counts.items()))
 
 
