@@ -235,7 +235,11 @@ def main(argv=None):
     # ------------------------------------------------------------ save
     wall_minutes = sum(run.state["wall_seconds"]) / 60
     model_path = out / f"{args.model_name}.pkl"
-    nets.save_model(final, model_path)
+    try:
+        nets.save_model(final, model_path)  # a temporary file, removed if this fails
+    except OSError as err:
+        raise UserError(f"cannot write {model_path}: {training.write_failure(err)}; the trained epochs are kept: "
+                        "make room and run the same command again to finish") from None
     val_note = "validation rows trained on" if kept_val is None else f"val_acc {kept_val:.4f}"
     print(f"saved {model_path} (epoch {kept_epoch}, {val_note}); training took {wall_minutes:.1f} min", flush=True)
 

@@ -2,8 +2,10 @@
 schedule, the per-epoch snapshots that make a run resumable, and the batch-norm pass."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -119,39 +121,109 @@ def make_strategy(name):
 
 
 # ---------------------------------------------------------------- resumable runs
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # per epoch: what the reports and the choice read
+
+
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def write_failure(err, strict=False):
+    """The reason a write failed, as one short phrase ("No space left on device"), found in
+    the exception or the ones it wraps: an OSError's errno; h5py and TensorFlow put the
+    OS's message inside their own (TensorFlow: "path; File too large\n..."). With
+    strict=True, None when no failed write is found (the error is something else)."""
+    seen = []
+    while err is not None and err not in seen and len(seen) < 10:
+        seen.append(err)
+        if isinstance(err, OSError) and err.errno:
+            return os.strerror(err.errno)
+        text = str(err)
+        found = re.search(r"errno = (\d+)", text)  # h5py's message (Keras writes big models' HDF5 to disk)
+        if found:
+            return os.strerror(int(found.group(1)))
+        if type(err).__module__.startswith("tensorflow") and "; " in text.split("\n")[0]:
+            return text.split("\n")[0].rsplit("; ", 1)[1]
+        err = err.__cause__ or err.__context__
+    if strict:
+        return None
+    line = str(seen[0]).split("\n")[0]
+    return f"{type(seen[0]).__name__}: {line}" if line else type(seen[0]).__name__
+
+
 class RunFolder:
     """An unfinished run's folder. After every epoch its whole state goes into a new
-    snapshot folder `epoch-NNNN`: the checkpoint (weights, optimizer, schedule position),
-    the best epoch's weights so far, and state.json (history rows, wall times). The
-    snapshot is written under a temporary name and renamed, so its epoch count (the
-    name) and its contents can never disagree; then the older snapshot is removed.
-    A run killed at any moment resumes from the last complete epoch."""
+    snapshot folder `epoch-NNNN`: the checkpoint model.keras (weights, optimizer, schedule
+    position), best.keras (a hard link to the best epoch's checkpoint so far) and
+    state.json (history rows, wall times). The snapshot is written under a temporary name
+    and renamed, so its epoch count (the name) and its contents can never disagree; then
+    the older snapshot is removed. A run killed at any moment resumes from the last
+    complete epoch; a write that fails (a full disk) leaves the previous snapshot as it was."""
 
     def __init__(self, folder: Path, config: dict, fresh=False):
         self.folder = Path(folder)
-        if fresh and self.folder.exists():
-            shutil.rmtree(self.folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            if fresh and self.folder.exists():
+                shutil.rmtree(self.folder)
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot write the run folder {self.folder}: {write_failure(err)}") from None
         for leftover in self.folder.glob("*.tmp"):  # a snapshot a kill interrupted
             shutil.rmtree(leftover, ignore_errors=True)
         config_path = self.folder / "config.json"
-        if config_path.exists() and self._read_json(config_path) != config:
-            raise UserError(f"{self.folder} holds an interrupted run with other options: "
-                            "rerun with the same options, or pass --fresh to discard it")
-        config_path.write_text(json.dumps(config, indent=1))
+        if config_path.exists():
+            saved = self._read_json(config_path)
+            if not isinstance(saved, dict):
+                self._damaged("config.json: not a JSON object")
+            if saved != config:
+                raise UserError(f"{self.folder} holds an interrupted run with other options: "
+                                "rerun with the same options, or pass --fresh to discard it")
+        try:
+            config_path.write_text(json.dumps(config, indent=1))
+        except OSError as err:
+            raise UserError(f"cannot write {config_path}: {write_failure(err)}") from None
         snapshots = sorted(self.folder.glob("epoch-[0-9][0-9][0-9][0-9]"))
         self.latest = snapshots[-1] if snapshots else None
-        self.state = (self._read_json(self.latest / "state.json") if self.latest else
-                      {"history": [], "wall_seconds": [], "best_epoch": None})
-        if not self.latest:  # nothing finished: no stale logs
+        self.state = {"history": [], "wall_seconds": [], "best_epoch": None}
+        if self.latest:
+            self.state = self._read_json(self.latest / "state.json")
+            problem = self._check_snapshot(self.state)
+            if problem:
+                self._damaged(f"{self.latest.name}: {problem}")
+        else:  # nothing finished: no stale logs
             shutil.rmtree(self.folder / "tensorboard", ignore_errors=True)
+
+    def _damaged(self, what):
+        raise UserError(f"the interrupted run in {self.folder} is damaged ({what}): pass --fresh to start over")
 
     def _read_json(self, path):
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            raise UserError(f"the interrupted run in {self.folder} is damaged ({path.name}: {err}): "
-                            "pass --fresh to start over") from None
+            self._damaged(f"{path.parent.name + '/' if path.parent != self.folder else ''}{path.name}: {err}")
+
+    def _check_snapshot(self, state):
+        """What is wrong with the latest snapshot (None if nothing): the state must have the
+        shape the rest of the run reads, and the files it names must be there."""
+        if not isinstance(state, dict):
+            return "state.json is not a JSON object"
+        history, seconds, best = state.get("history"), state.get("wall_seconds"), state.get("best_epoch")
+        if not isinstance(history, list):
+            return "state.json: history is not a list"
+        for k, row in enumerate(history):
+            if not isinstance(row, dict) or row.get("epoch") != k or not all(
+                    _is_number(row.get(key)) for key in HISTORY_KEYS):
+                return f"state.json: history row {k} is not {{epoch: {k}, {', '.join(HISTORY_KEYS)}: numbers}}"
+        if not isinstance(seconds, list) or len(seconds) != len(history) or not all(map(_is_number, seconds)):
+            return f"state.json: wall_seconds is not a list of {len(history)} numbers"
+        if not (isinstance(best, int) and not isinstance(best, bool) and 0 <= best < len(history)):
+            return f"state.json: best_epoch {best!r} is not an epoch of the history"
+        if len(history) != int(self.latest.name.split("-")[1]):
+            return f"state.json records {len(history)} epochs"
+        for name in ("model.keras", self.best_weights().name):
+            if not (self.latest / name).is_file():
+                return f"{name} is missing"
+        return None
 
     @property
     def epochs_done(self):
@@ -166,10 +238,16 @@ class RunFolder:
                             "pass --fresh to start over") from None
 
     def best_weights(self):
-        return self.latest / "best.weights.h5"
+        """The best epoch's checkpoint, for load_weights (best.weights.h5 in snapshots
+        written before best.keras)."""
+        for name in ("best.keras", "best.weights.h5"):
+            if (self.latest / name).exists():
+                return self.latest / name
+        return self.latest / "best.keras"
 
     def save_epoch(self, model, logs, seconds):
-        """Record one finished epoch: the new snapshot replaces the previous one."""
+        """Record one finished epoch: the new snapshot replaces the previous one. A write
+        that fails becomes a UserError; the previous snapshot is left as it was."""
         state = {"history": self.state["history"] + [{"epoch": self.epochs_done, **logs}],
                  "wall_seconds": self.state["wall_seconds"] + [seconds], "best_epoch": self.state["best_epoch"]}
         best = state["best_epoch"]
@@ -178,17 +256,32 @@ class RunFolder:
             state["best_epoch"] = self.epochs_done
         snapshot = self.folder / f"epoch-{len(state['history']):04d}"
         tmp = snapshot.with_name(snapshot.name + ".tmp")
-        tmp.mkdir()
-        model.save(tmp / "model.keras")
-        if improved:
-            model.save_weights(tmp / "best.weights.h5")
-        else:  # the same file as before: a hard link costs nothing
+        writing = tmp
+        try:
+            tmp.mkdir()
+            # Only model.save writes weights (HDF5 built in memory, then plain file writes):
+            # a failed HDF5 write straight to disk (save_weights) leaves HDF5 ids that
+            # crash the interpreter at exit. The best epoch's weights are its checkpoint.
+            writing = tmp / "model.keras"
+            model.save(writing)
+            source = tmp / "model.keras" if improved else self.best_weights()
+            writing = tmp / ("best.keras" if improved else source.name)
             try:
-                os.link(self.best_weights(), tmp / "best.weights.h5")
+                os.link(source, writing)
             except OSError:
-                shutil.copy2(self.best_weights(), tmp / "best.weights.h5")
-        (tmp / "state.json").write_text(json.dumps(state))
-        os.rename(tmp, snapshot)
+                shutil.copy2(source, writing)
+            writing = tmp / "state.json"
+            writing.write_text(json.dumps(state))
+            writing = snapshot
+            os.rename(tmp, snapshot)
+        except Exception as err:
+            reason = write_failure(err, strict=True)
+            if reason is None:  # not a failed write: a bug, with its traceback
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # frees the space now
+            then = f"resume after epoch {self.epochs_done}" if self.latest else "start again"
+            raise UserError(f"cannot write the snapshot of epoch {len(state['history'])} ({writing}): {reason}; "
+                            f"make room and run the same command again to {then}") from None
         if self.latest:
             shutil.rmtree(self.latest)
         self.latest, self.state = snapshot, state
@@ -209,6 +302,7 @@ class RunFolder:
 def make_callbacks(run: RunFolder, time_budget_min=None):
     """One line per epoch, a snapshot after it, TensorBoard logs, and the time budget."""
     import keras
+    import tensorflow as tf
 
     class Snapshot(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -226,8 +320,38 @@ def make_callbacks(run: RunFolder, time_budget_min=None):
                 print(f"time budget of {time_budget_min} min reached: stopping", flush=True)
                 self.model.stop_training = True
 
-    return [keras.callbacks.TensorBoard(str(run.folder / "tensorboard"), write_graph=False, profile_batch=0),
-            Snapshot()]
+    @contextlib.contextmanager
+    def writing_logs(log_dir):
+        try:
+            yield
+        except tf.errors.OpError as err:  # the summary writer's flush failed
+            raise UserError(f"cannot write the TensorBoard logs ({log_dir}): {write_failure(err)}; make room and "
+                            "run the same command again") from None
+
+    class TensorBoard(keras.callbacks.TensorBoard):
+        """Keras' TensorBoard logs; a write that fails stops the run with one line. Its
+        writers flush when an epoch or its validation pass ends, and when training ends."""
+        def on_train_begin(self, logs=None):
+            with writing_logs(self.log_dir):
+                super().on_train_begin(logs)
+
+        def on_train_end(self, logs=None):
+            with writing_logs(self.log_dir):
+                super().on_train_end(logs)
+
+        def on_test_begin(self, logs=None):
+            with writing_logs(self.log_dir):
+                super().on_test_begin(logs)
+
+        def on_test_end(self, logs=None):
+            with writing_logs(self.log_dir):
+                super().on_test_end(logs)
+
+        def on_epoch_end(self, epoch, logs=None):
+            with writing_logs(self.log_dir):
+                super().on_epoch_end(epoch, logs)
+
+    return [TensorBoard(str(run.folder / "tensorboard"), write_graph=False, profile_batch=0), Snapshot()]
 
 
 # ---------------------------------------------------------------- the batch-norm pass
