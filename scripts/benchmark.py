@@ -95,7 +95,7 @@ def enter_fer_environment(env_dir: Path):
                         [str(python), "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements.txt"),
                          *FER_EXTRA_PACKAGES],
                         [str(python), "-m", "pip", "install", "-q", "--no-deps", f"fer=={FER_VERSION}"]):
-            if subprocess.run(command).returncode:
+            if subprocess.run(command, cwd=ROOT).returncode:  # requirements.txt installs "-e ." from ROOT
                 raise UserError(f"could not build {env_dir} (`{' '.join(command[:4])} ...` failed, see above)")
     os.environ["FER_BENCHMARK_ENV"] = "1"
     os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
