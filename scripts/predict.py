@@ -17,7 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from expressions import DATA_DIR, EMOTIONS, UserError, run_cli
 from expressions import data as fer2013
@@ -25,7 +24,7 @@ from expressions import model as nets
 from expressions import reports
 from expressions.crops import add_crop_option
 from expressions.faces import add_detector_option, add_max_megapixels_option, read_image
-from expressions.pipeline import EmotionReader, draw_faces, valence_arousal
+from expressions.pipeline import draw_faces
 from expressions.outputs import (check_file, check_folder, check_user_outputs, own_image, unique_names, write_image,
                                  write_json, write_text)
 
@@ -114,25 +113,27 @@ def photo_paths(paths):
     return found, skipped
 
 
-def csv_rows(path, faces, proba):
-    """One row per face, or one row with face 0 for a photo without a face."""
+def csv_rows(path, faces):
+    """One row per Face, or one row with face 0 for a photo without a face."""
     if not faces:
         return [[path, 0] + [""] * (len(CSV_COLUMNS) - 2)]
     rows = []
-    for n, (face, p) in enumerate(zip(faces, proba), start=1):
-        marks = [f"{v:.1f}" for v in face.landmarks.ravel()] if face.landmarks is not None else [""] * 10
-        valence, arousal = valence_arousal(p)
-        rows.append([path, n, *face.box, *marks, *[f"{v:.4f}" for v in p], EMOTIONS[int(np.argmax(p))],
-                     f"{valence:.3f}", f"{arousal:.3f}"])
+    for n, face in enumerate(faces, start=1):
+        marks = ([f"{v:.1f}" for point in face.landmarks for v in point] if face.landmarks is not None
+                 else [""] * 10)
+        rows.append([path, n, *face.box, *marks, *[f"{face.probabilities[e]:.4f}" for e in EMOTIONS],
+                     face.emotion, f"{face.valence:.3f}", f"{face.arousal:.3f}"])
     return rows
 
 
 def read_photos(args, paths, names):
-    """Every face in every photo: emotion, probability, valence and arousal."""
+    """Every face in every photo (EmotionRecognizer.analyze): emotion, probability,
+    valence and arousal."""
     import csv
     import io
     import time
-    reader = None  # loaded with the first readable photo: a run of unreadable files fails fast
+    from expressions import EmotionRecognizer
+    recognizer = None  # loaded with the first readable photo: a run of unreadable files fails fast
     unreadable, with_face, rows = 0, 0, []
     last_progress = time.time()
     for k, (path, name) in enumerate(zip(paths, names), start=1):
@@ -142,22 +143,19 @@ def read_photos(args, paths, names):
             print(f"error: {err}", file=sys.stderr)
             unreadable += 1
             continue
-        reader = reader or EmotionReader(nets.frame_predictor(args.model, args.tta, args.runtime)[0],
-                                         args.detector, args.crop)
-        faces, _, proba = reader(image, still=True)
-        rows += csv_rows(path, faces, proba)
+        recognizer = recognizer or EmotionRecognizer(args.model, args.detector, args.crop, args.tta, args.runtime,
+                                                     args.max_megapixels)
+        faces = recognizer.analyze(image, str(path))
+        rows += csv_rows(path, faces)
         if not faces:
             print(f"{path}: no face found", file=sys.stderr)
         with_face += bool(faces)
-        for n, (face, p) in enumerate(zip(faces, proba), start=1):
+        for n, face in enumerate(faces, start=1):
             x, y, w, h = face.box
-            k_top = int(np.argmax(p))
-            valence, arousal = valence_arousal(p)
-            print(f"{path}: face {n} at x={x} y={y} w={w} h={h}: "
-                  f"{EMOTIONS[k_top]} , {int(round(p[k_top] * 100))}% (valence {valence:+.2f}, arousal {arousal:+.2f})")
+            print(f"{path}: face {n} at x={x} y={y} w={w} h={h}: {face.emotion} , "
+                  f"{int(round(face.probability * 100))}% (valence {face.valence:+.2f}, arousal {face.arousal:+.2f})")
         if args.out and faces:
-            annotated = draw_faces(image.copy(), [f.box for f in faces], proba, list(range(1, len(faces) + 1)))
-            print(f"wrote {write_image(args.out / name, annotated)}")
+            print(f"wrote {write_image(args.out / name, draw_faces(image.copy(), faces, numbered=True))}")
         if len(paths) > 20 and (time.time() - last_progress > 2 or k == len(paths)):
             print(f"{k:,} of {len(paths):,} photos", file=sys.stderr, flush=True)
             last_progress = time.time()

@@ -15,20 +15,21 @@ clock; for a file it is the position in the video (or the wall clock with --real
 Speed figures go to stderr at the end (and to --json).
 """
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from expressions import EMOTIONS, PREPROCESSING_TEST_DIR, UserError, run_cli
+from expressions import EMOTIONS, PREPROCESSING_TEST_DIR, EmotionRecognizer, UserError, run_cli
 from expressions import model as nets
 from expressions import plots
 from expressions.crops import add_crop_option
 from expressions.faces import DETECT_EVERY, DETECT_WIDTH, add_detector_option
-from expressions.pipeline import EmotionReader, StreamReader, draw_faces, second_record, timeline_csv
+from expressions.pipeline import draw_faces, timeline_csv
 from expressions.outputs import check_file, write_json, write_text
-from expressions.video import VideoFile, check_video_path, open_video, video_fps
+from expressions.video import VideoFile, check_video_path
 
 
 def parse_args(argv=None):
@@ -64,35 +65,28 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def open_source(args):
-    """The capture, whether it is live, and its name; falls back from a missing webcam to the file."""
-    if args.source.isdigit():
-        cap = open_video(int(args.source))
-        if cap is not None:
-            return cap, True, f"webcam {args.source}"
+def open_stream(recognizer, args):
+    """The stream: the webcam, or the video file if there is no webcam at that index."""
+    if not args.source.isdigit():
+        return recognizer.stream(args.source, args.realtime, args.max_seconds, args.detect_every, args.detect_width)
+    try:
+        return recognizer.stream(int(args.source), args.realtime, args.max_seconds, args.detect_every,
+                                 args.detect_width)
+    except UserError:
         print(f"No webcam at index {args.source}: reading the recorded video {args.fallback} instead",
               file=sys.stderr, flush=True)
-        source = args.fallback
-    else:
-        source = args.source
-    is_url = "://" in str(source)
-    if not is_url and not Path(source).is_file():
-        raise UserError(f"video not found: {source}")
-    cap = open_video(str(source))
-    if cap is None:
-        raise UserError(f"cannot read video {source}: not a video OpenCV can decode")
-    return cap, is_url, str(source)
+        return recognizer.stream(str(args.fallback), args.realtime, args.max_seconds, args.detect_every,
+                                 args.detect_width)
 
 
-def print_second(record):
+def print_second(second):
     """One second's lines, the brief's format."""
     print("Preprocessing ...")
-    faces = record["faces"]
-    if not faces:
-        print(f"{record['time']}s : no face", flush=True)
-    for face in faces:
-        suffix = f" (face {face['id']})" if len(faces) > 1 else ""
-        print(f"{record['time']}s : {face['emotion']} , {int(round(face['probability'] * 100))}%{suffix}", flush=True)
+    if not second.faces:
+        print(f"{second.time}s : no face", flush=True)
+    for face in second.faces:
+        suffix = f" (face {face.id})" if len(second.faces) > 1 else ""
+        print(f"{second.time}s : {face.emotion} , {int(round(face.probability * 100))}%{suffix}", flush=True)
 
 
 def run(args):
@@ -103,61 +97,40 @@ def run(args):
         if path:
             check_file(path, what)
     print("Reading video stream ...", flush=True)
-    cap, live, name = open_source(args)
-    predict, runtime = nets.frame_predictor(args.model, args.tta, args.runtime)
-    reader = EmotionReader(predict, args.detector, args.crop, args.detect_width, args.detect_every)
-    fps = video_fps(cap)
-    wall_clock = live or args.realtime
-    stream = StreamReader(reader)
-    video = VideoFile(args.save_video, fps) if args.save_video else None
-    records, frames, started = [], 0, time.time()
-
-    def report(ended):
-        if ended:
-            records.append(second_record(*ended, clock=started if wall_clock else None))
-            print_second(records[-1])
-
+    recognizer = EmotionRecognizer(args.model, args.detector, args.crop, args.tta, args.runtime)
+    stream = open_stream(recognizer, args)
+    signal.signal(signal.SIGINT, lambda signum, frame: stream.stop())  # Ctrl-C: the last second still printed
+    video = VideoFile(args.save_video, stream.fps) if args.save_video else None
+    seconds, started = [], time.time()
     try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            t_video = frames / fps
-            if args.realtime and not live:  # play the file at its own speed
-                time.sleep(max(0.0, t_video - (time.time() - started)))
-            t = (time.time() - started) if wall_clock else t_video
-            if args.max_seconds is not None and t >= args.max_seconds:
-                break
-            faces, ids, proba, ended = stream.read(frame, t)
-            report(ended)
+        for frame in stream:
+            for second in frame.seconds:
+                seconds.append(second)
+                print_second(second)
             if video:
-                video.write(draw_faces(frame, [f.box for f in faces], proba, ids))
-            frames += 1
-    except KeyboardInterrupt:
-        pass
+                video.write(draw_faces(frame.image, frame.faces))
     finally:
-        report(stream.finish())
-        cap.release()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if video:
             video.close()
-    elapsed = time.time() - started
+    elapsed, frames = time.time() - started, stream.frames
     if frames == 0:
-        raise UserError(f"no frame could be read from {name}")
+        raise UserError(f"no frame could be read from {stream.name}")
     if args.csv:
-        write_text(args.csv, timeline_csv(records))
+        write_text(args.csv, timeline_csv(seconds))
     if args.plot:
-        timeline = [(r["second"], f["id"], np.array([f["probabilities"][e] for e in EMOTIONS]), f["valence"],
-                     f["arousal"]) for r in records for f in r["faces"]]
-        plots.timeline(timeline, args.plot, seconds=len(records))
+        timeline = [(s.second, f.id, np.array([f.probabilities[e] for e in EMOTIONS]), f.valence, f.arousal)
+                    for s in seconds for f in s.faces]
+        plots.timeline(timeline, args.plot, seconds=len(seconds))
         if not timeline:
-            print(f"no face found in {name}: the plot {args.plot} says so", file=sys.stderr)
-    video_seconds = frames / fps
+            print(f"no face found in {stream.name}: the plot {args.plot} says so", file=sys.stderr)
+    video_seconds = frames / stream.fps
     print(f"{frames} frames ({video_seconds:.1f} s of video) in {elapsed:.1f} s: {frames / elapsed:.1f} FPS, "
           f"{video_seconds / elapsed:.1f}x real time", file=sys.stderr)
     if args.json:
-        write_json(args.json, {"source": name, "frames": frames, "video_seconds": video_seconds,
+        write_json(args.json, {"source": stream.name, "frames": frames, "video_seconds": video_seconds,
                                "elapsed_seconds": elapsed, "fps": frames / elapsed, "tta": args.tta,
-                               "runtime": runtime, "detector": args.detector})
+                               "runtime": recognizer.runtime, "detector": args.detector})
     return 0
 
 

@@ -1,6 +1,10 @@
-"""The facial-expression toolkit's shared code, one module per concern.
+"""The facial-expression toolkit: a Python API over one module per concern.
+
+    from expressions import EmotionRecognizer        # the API (expressions.api)
+    faces = EmotionRecognizer().analyze("photo.jpg")
 
     expressions          labels, paths, the one-line user error (this file)
+    expressions.api      EmotionRecognizer: photos, frames, videos, webcams; Frame
     expressions.outputs  writing results: checked before the work, atomic when written
     expressions.data     FER2013: reading, validating, splitting, the prepared arrays
     expressions.model    the networks, saving and loading, prediction with test-time augmentation
@@ -8,14 +12,17 @@
     expressions.reports  what a trained model's folder holds: metrics, curves, confusion matrix
     expressions.faces    face detection (YuNet, Haar) and reading photos
     expressions.crops    the 48x48 crop of a face: box plus margin, or aligned on the landmarks
-    expressions.pipeline detect, crop, classify; stable ids and per-second records of a stream; drawing
+    expressions.pipeline detect, crop, classify; Face and Second, the results; stable ids and
+                         per-second records of a stream; drawing
     expressions.video    video capture and writing, the per-second summary of a stream
     expressions.plots    the figures
     expressions.calibration  one temperature for honest probabilities; ECE and NLL
     expressions.web      the web app and HTTP API of serve.py (static/ holds its page)
     expressions.browser  the web app in headless Chromium with a fake webcam (its test and screenshot)
+    expressions.hostile  decompression bombs and slow clients, for the tests and the server benchmark
 
-Each script imports only the modules it uses.
+Each script imports only the modules it uses; `import expressions` alone loads none of
+them (the API's names are imported on first use).
 """
 from __future__ import annotations
 
@@ -44,7 +51,20 @@ SHARED_DIR = ROOT.parent / "shared"  # read-only data and media beside the proje
 
 
 class UserError(Exception):
-    """A problem the user can fix (missing file, bad format, ...): shown as one line."""
+    """Every error the toolkit reports: a problem the user can fix (a missing file, an image
+    that is not one or is too large, a bad option, ...), with a one-line message. The
+    scripts print it as `error: MESSAGE` and exit with code 1; the API raises it."""
+
+
+API = {"EmotionRecognizer": "api", "VideoStream": "api", "Frame": "api", "Face": "pipeline", "Second": "pipeline",
+       "ImageTooLarge": "faces"}
+
+
+def __getattr__(name):  # the API's names, imported when first used
+    if name in API:
+        import importlib
+        return getattr(importlib.import_module(f".{API[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_cli(main):
@@ -66,7 +86,13 @@ def run_cli(main):
 @contextlib.contextmanager
 def quiet_stderr():
     """Hide what C++ libraries write straight to the stderr file descriptor (TensorFlow's
-    start-up notes, TensorFlow Lite's "Created XNNPACK delegate"): not for users."""
+    start-up notes, TensorFlow Lite's "Created XNNPACK delegate"): not for users. Only in
+    the main thread: the descriptor is the whole process's, and two threads swapping it at
+    once could leave it pointing at /dev/null for good (elsewhere the notes show)."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:

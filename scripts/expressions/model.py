@@ -359,15 +359,14 @@ def tta_views(x, tta, ops=np):
     return views
 
 
-_predictors = {}
+_predictors = []  # (model, tta, function), the most recent last: a few, never every model seen
 
 
 def predict_in_batches(model, x, tta=DEFAULT_TTA, batch_size=256):
     """Probabilities [n,7] for many images, one compiled function per model and mode."""
-    key = (id(model), tta)
-    if key not in _predictors:
-        _predictors[key] = make_predictor(model, tta)
-    predict = _predictors[key]
+    found = [entry for entry in _predictors if entry[0] is model and entry[1] == tta]
+    predict = found[0][2] if found else make_predictor(model, tta)
+    _predictors[:] = [e for e in _predictors if not (e[0] is model and e[1] == tta)][-3:] + [(model, tta, predict)]
     out = [predict(x[i:i + batch_size]).numpy() for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, len(EMOTIONS)), np.float32)
 
@@ -437,15 +436,19 @@ class TFLitePredictor:
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.output = self.interpreter.get_output_details()[0]["index"]
         self.tta, self.batch = tta, None
+        self._allocate((1, IMAGE_SIZE, IMAGE_SIZE, 1))  # prints its note once, here, where it can be hidden
+
+    def _allocate(self, shape):
+        self.interpreter.resize_tensor_input(self.input, shape)
+        with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." (first time only)
+            self.interpreter.allocate_tensors()
+        self.batch = tuple(shape)
 
     def __call__(self, x):
         x = np.asarray(x)
         batch = np.concatenate(tta_views(x, self.tta)).astype(np.float32)
         if self.batch != batch.shape:
-            self.interpreter.resize_tensor_input(self.input, batch.shape)
-            with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-                self.interpreter.allocate_tensors()
-            self.batch = batch.shape
+            self._allocate(batch.shape)
         self.interpreter.set_tensor(self.input, batch)
         self.interpreter.invoke()
         p = self.interpreter.get_tensor(self.output).astype(np.float32)

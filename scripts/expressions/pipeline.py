@@ -1,10 +1,12 @@
 """The face pipeline: every face of a frame found, cropped and classified in one batch;
-stable ids across frames; valence and arousal; drawing the result."""
+stable ids across frames; valence and arousal; the results (Face, Second) as the Python
+API, the scripts and the web app give them; drawing them."""
 from __future__ import annotations
 
-import numpy as np
-
+from dataclasses import dataclass
 from datetime import datetime
+
+import numpy as np
 
 from . import EMOTIONS, IMAGE_SIZE, UserError
 from .crops import crop_face
@@ -69,17 +71,17 @@ def valence_colour(valence):
     return (0, int(255 * min(1, 2 * t)), int(255 * min(1, 2 * (1 - t))))
 
 
-def draw_faces(image, boxes, probabilities, ids=None):
-    """Draw a box and 'Emotion NN%' over every face (in place); returns the image."""
+def draw_faces(image, faces, numbered=False):
+    """Draw a box and 'Emotion NN%' over every Face (in place), with its id if it has one
+    (or its number, 1 for the largest, with numbered=True); returns the image."""
     import cv2
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    for i, (box, p) in enumerate(zip(boxes, probabilities)):
-        x, y, w, h = box
-        valence, _ = valence_arousal(p)
-        colour = valence_colour(valence)
-        k = int(np.argmax(p))
-        text = (f"{ids[i]}: " if ids is not None else "") + f"{EMOTIONS[k]} {int(p[k] * 100)}%"
+    for n, face in enumerate(faces, start=1):
+        x, y, w, h = face.box
+        colour = valence_colour(face.valence)
+        label = face.id if face.id is not None else (n if numbered else None)
+        text = (f"{label}: " if label is not None else "") + f"{face.emotion} {int(face.probability * 100)}%"
         thickness = max(2, image.shape[1] // 320)
         cv2.rectangle(image, (x, y), (x + w, y + h), colour, thickness)
         scale = max(0.5, image.shape[1] / 1000)
@@ -90,6 +92,76 @@ def draw_faces(image, boxes, probabilities, ids=None):
     return image
 
 
+@dataclass(frozen=True)
+class Face:
+    """One face and what it shows. `box` is x, y, width, height in the image's pixels;
+    `probabilities` has all 7 classes (EMOTIONS order); `landmarks` the detector's 5
+    points (eyes, nose, mouth corners) or None; in a stream, `id` stays the same across
+    frames, and a Second's faces say in how many `frames` of it they were seen."""
+    box: tuple
+    probabilities: dict
+    landmarks: tuple | None = None
+    id: int | None = None
+    frames: int | None = None
+
+    @classmethod
+    def of(cls, box, probabilities, landmarks=None, face_id=None, frames=None):
+        """A Face from a box and a row of 7 probabilities."""
+        marks = None if landmarks is None else tuple(tuple(float(v) for v in point) for point in landmarks)
+        return cls(tuple(int(v) for v in box), {e: float(v) for e, v in zip(EMOTIONS, probabilities)}, marks,
+                   None if face_id is None else int(face_id), None if frames is None else int(frames))
+
+    @property
+    def emotion(self):
+        return max(self.probabilities, key=self.probabilities.get)
+
+    @property
+    def probability(self):
+        return self.probabilities[self.emotion]
+
+    @property
+    def valence(self):
+        """Russell's valence in [-1, 1]: the probability-weighted positions of the classes."""
+        return float(valence_arousal([self.probabilities[e] for e in EMOTIONS])[0])
+
+    @property
+    def arousal(self):
+        return float(valence_arousal([self.probabilities[e] for e in EMOTIONS])[1])
+
+    def to_dict(self):
+        """JSON-ready: one face of POST /api/predict's answer (rounded as it rounds)."""
+        out = {"box": list(self.box), "emotion": self.emotion, "probability": round(self.probability, 4),
+               "probabilities": {e: round(v, 4) for e, v in self.probabilities.items()},
+               "valence": round(self.valence, 3), "arousal": round(self.arousal, 3)}
+        if self.id is not None:
+            out["id"] = self.id
+        if self.landmarks is not None:
+            out["landmarks"] = [[round(x, 1), round(y, 1)] for x, y in self.landmarks]
+        if self.frames is not None:
+            out["frames"] = self.frames
+        return out
+
+
+@dataclass(frozen=True)
+class Second:
+    """One second of a stream: `second` counts from the start; `time` is HH:MM:SS, the
+    wall clock for a webcam (or --realtime), else the position in the video; each face has
+    its id, its probabilities averaged over the frames it was seen in, its last box and
+    those frames' count, the most often seen face first."""
+    second: int
+    time: str
+    faces: tuple
+
+    @classmethod
+    def of(cls, second, rows, clock=None):
+        """From SecondSummary.faces() rows; `clock` is the stream's start (time.time()) for
+        wall-clock names."""
+        label = (datetime.fromtimestamp(clock + second).strftime("%H:%M:%S") if clock is not None
+                 else format_clock(second).rstrip("s"))
+        return cls(int(second), label, tuple(Face.of(box, p, face_id=i, frames=n) for i, p, box, n in rows))
+
+    def to_dict(self):
+        return {"time": self.time, "second": self.second, "faces": [f.to_dict() for f in self.faces]}
 
 
 class FaceTracker:
@@ -130,71 +202,48 @@ class FaceTracker:
 class StreamReader:
     """A stream read frame by frame: every face with an id that stays the same across
     frames (FaceTracker) and, each time a second ends, the per-second averages of its faces
-    (SecondSummary). What predict_live_stream.py prints and the web app shows.
-    `read_faces` is an EmotionReader, or anything called like one."""
+    (SecondSummary). What predict_live_stream.py prints, the Python API's stream() yields
+    and the web app shows. `read_faces` is an EmotionReader (one per stream: it remembers
+    the last faces); `clock` is the stream's start (time.time()) when its seconds are named
+    by the wall clock, else None (positions in a video)."""
 
-    def __init__(self, read_faces):
-        self.read_faces, self.tracker = read_faces, FaceTracker()
+    def __init__(self, read_faces, clock=None):
+        self.read_faces, self.clock, self.tracker = read_faces, clock, FaceTracker()
         self.summary, self.second = SecondSummary(), None
 
     def read(self, frame, t):
-        """The frame at t seconds -> (faces, ids, probabilities, ended): `ended` is
-        (second, [(id, mean probabilities, last box, frames)]) when this frame began a new
-        second, for the one before it; else None."""
+        """The frame at t seconds -> (its faces with ids, [the Second that ended] when this
+        frame began a new second, else [])."""
         ended = self._close(int(t))
-        faces, _, proba = self.read_faces(frame)
-        boxes = [f.box for f in faces]
+        found, _, proba = self.read_faces(frame)
+        boxes = [f.box for f in found]
         ids = self.tracker.update(boxes, t)
         self.summary.add(ids, boxes, proba)
-        return faces, ids, proba, ended
+        return [Face.of(box, p, face_id=i) for box, p, i in zip(boxes, proba, ids)], ended
 
     def finish(self):
-        """The last second's (second, rows), or None if no frame was read."""
+        """[the last Second], or [] if no frame was read."""
         return self._close(None)
 
     def _close(self, second):
-        ended = None
+        ended = []
         if self.second is not None and second != self.second:
-            ended = (self.second, self.summary.faces())
+            ended = [Second.of(self.second, self.summary.faces(), self.clock)]
             self.summary = SecondSummary()
         self.second = second
         return ended
-
-
-def face_record(box, p, face_id=None, landmarks=None):
-    """One face as JSON-ready values: box, emotion, its probability, all 7, valence, arousal."""
-    k = int(np.argmax(p))
-    valence, arousal = valence_arousal(p)
-    out = {"box": [int(v) for v in box], "emotion": EMOTIONS[k], "probability": round(float(p[k]), 4),
-           "probabilities": {e: round(float(v), 4) for e, v in zip(EMOTIONS, p)},
-           "valence": round(float(valence), 3), "arousal": round(float(arousal), 3)}
-    if face_id is not None:
-        out["id"] = int(face_id)
-    if landmarks is not None:
-        out["landmarks"] = np.round(np.asarray(landmarks, float), 1).tolist()
-    return out
-
-
-def second_record(second, rows, clock=None):
-    """One ended second of a stream (StreamReader's `ended`) as a record: its time, the wall
-    clock if `clock` is the stream's start (time.time()), else the position in the video
-    (HH:MM:SS), and each face's averages with the frames it was seen in."""
-    label = (datetime.fromtimestamp(clock + second).strftime("%H:%M:%S") if clock is not None
-             else format_clock(second).rstrip("s"))
-    return {"time": label, "second": int(second),
-            "faces": [{**face_record(box, p, face_id), "frames": int(n)} for face_id, p, box, n in rows]}
 
 
 TIMELINE_COLUMNS = ["time", "second", "face_id", "x", "y", "w", "h", *[e.lower() for e in EMOTIONS],
                     "valence", "arousal", "frames"]
 
 
-def timeline_csv(records):
-    """The per-second records as CSV text: one row per second and face."""
+def timeline_csv(seconds):
+    """Seconds as CSV text: one row per second and face."""
     rows = [",".join(TIMELINE_COLUMNS)]
-    for r in records:
-        for f in r["faces"]:
-            rows.append(",".join(map(str, [r["time"], r["second"], f["id"], *f["box"],
-                                           *[f"{f['probabilities'][e]:.4f}" for e in EMOTIONS],
-                                           f"{f['valence']:.3f}", f"{f['arousal']:.3f}", f["frames"]])))
+    for s in seconds:
+        for f in s.faces:
+            rows.append(",".join(map(str, [s.time, s.second, f.id, *f.box,
+                                           *[f"{f.probabilities[e]:.4f}" for e in EMOTIONS],
+                                           f"{f.valence:.3f}", f"{f.arousal:.3f}", f.frames])))
     return "\n".join(rows) + "\n"

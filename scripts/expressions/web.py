@@ -38,8 +38,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import VERSION, UserError
 from . import model as nets
+from .api import EmotionRecognizer
 from .faces import ImageTooLarge, decode_image
-from .pipeline import EmotionReader, StreamReader, draw_faces, face_record, second_record, timeline_csv
+from .pipeline import draw_faces, timeline_csv
 from .video import VideoFile, open_video, video_fps
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -49,10 +50,12 @@ LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 
 
-class Readers:
-    """A fixed pool of face pipelines (detector and classifier each). Neither OpenCV's
-    detector nor a TensorFlow Lite interpreter may serve two threads at once, so each call
-    borrows one pipeline and gives it back: requests share no mutable state.
+class Recognizers:
+    """A fixed pool of EmotionRecognizers (detector and classifier each), the Python API's
+    path from image to faces. Neither OpenCV's detector nor a TensorFlow Lite interpreter
+    may serve two threads at once, so each call borrows one and gives it back: requests
+    share no mutable state, and `size` of them run side by side. A stream (a WebSocket, a
+    video job) keeps its own face search and ids and borrows a classifier per frame.
     `images` bounds the decoded images alive at once (a request holds it from decoding to
     its answer), so memory stays flat however many clients send at once."""
 
@@ -61,19 +64,33 @@ class Readers:
             raise UserError(f"--pipelines {size}: give 1 or more")
         self.size, self.pool = size, queue.Queue()
         for _ in range(size):
-            predict, self.runtime = nets.frame_predictor(model, tta, runtime)
-            self.pool.put(EmotionReader(predict, detector, crop))
+            recognizer = EmotionRecognizer(model, detector, crop, tta, runtime)
+            self.pool.put(recognizer)
+        self.runtime, self.first = recognizer.runtime, recognizer
         self.images = threading.BoundedSemaphore(size)
 
-    def __call__(self, image, still=False):
-        reader = self.pool.get()
+    @contextlib.contextmanager
+    def borrow(self):
+        recognizer = self.pool.get()
         try:
-            return reader(image, still)
+            yield recognizer
         finally:
-            self.pool.put(reader)
+            self.pool.put(recognizer)
+
+    def analyze(self, image):
+        with self.borrow() as recognizer:
+            return recognizer.analyze(image)
+
+    def classify(self, crops):
+        with self.borrow() as recognizer:
+            return recognizer.classify(crops)
+
+    def stream_reader(self, clock=None):
+        """A stream's own face search and ids (as predict_live_stream.py's), classifying with the pool."""
+        return self.first.stream_reader(clock=clock, classify=self.classify)
 
     def close(self, timeout=30.0):
-        """Wait until every pipeline is back, so that no thread is inside TensorFlow Lite
+        """Wait until every recognizer is back, so that no thread is inside TensorFlow Lite
         when the process exits (that aborted the process, exit 134)."""
         deadline = time.monotonic() + timeout
         with contextlib.suppress(queue.Empty):
@@ -181,7 +198,7 @@ class VideoJobs:
                                            f"{self.max_megapixels:g} megapixels")
             return
         job.update(state="running", total_frames=max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))))
-        fps, stream = video_fps(cap), StreamReader(self.readers)
+        fps, stream, seconds = video_fps(cap), self.readers.stream_reader(), []
         video = VideoFile(job["folder"] / "annotated.mp4", fps)
         started, frames = time.perf_counter(), 0
         try:
@@ -189,11 +206,11 @@ class VideoJobs:
                 ok, frame = cap.read()
                 if not ok:
                     break
-                faces, ids, proba, ended = stream.read(frame, frames / fps)
-                if ended:
-                    job["seconds"].append(second_record(*ended))
+                faces, ended = stream.read(frame, frames / fps)
+                seconds += ended
+                job["seconds"] += [s.to_dict() for s in ended]
                 if job["annotated"]:
-                    video.write(draw_faces(frame, [f.box for f in faces], proba, ids))
+                    video.write(draw_faces(frame, faces))
                     if frames % 30 == 0 and self.disk_used() > self.max_disk:  # the annotated video grows
                         video.close(keep=False)
                         job["annotated"] = False
@@ -202,8 +219,8 @@ class VideoJobs:
             if self.stopping.is_set():
                 raise RuntimeError("the server is stopping")
             ended = stream.finish()
-            if ended:
-                job["seconds"].append(second_record(*ended))
+            seconds += ended
+            job["seconds"] += [s.to_dict() for s in ended]
             video.close()
         except Exception as err:  # a broken file mid-way: the job says so, the server goes on
             video.close(keep=False)
@@ -214,7 +231,7 @@ class VideoJobs:
         if frames == 0:
             job.update(state="error", error=f"no frame of {name} could be read")
             return
-        (job["folder"] / "timeline.csv").write_text(timeline_csv(job["seconds"]))
+        (job["folder"] / "timeline.csv").write_text(timeline_csv(seconds))
         job.update(state="done", progress=1.0, fps=frames / max(time.perf_counter() - started, 1e-9))
 
     def get(self, job_id):
@@ -236,7 +253,7 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
     address the server listens on (Host headers naming it are answered); `allow_origins`
     are web origins (scheme://host[:port]) of other sites whose pages may use the API."""
     origins = [allowed_origin(o) for o in allow_origins]
-    readers = Readers(pipelines, model, detector, tta, crop, runtime)
+    readers = Recognizers(pipelines, model, detector, tta, crop, runtime)
     jobs = VideoJobs(readers, max_megapixels, max_video_jobs, max_video_disk_mb)
     info = {"status": "ok", "model": nets.model_path(model).name, "detector": detector, "tta": tta,
             "runtime": readers.runtime, "version": VERSION}
@@ -276,28 +293,30 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
         without a face gives `"faces": []`. A photo over the server's megapixel limit gets 413."""
         with readers.images:
             picture = decoded(image.file.read(), shown_name(image.filename), max_megapixels)
-            faces, _, proba = readers(picture, still=True)
-            out = {"faces": [face_record(f.box, p, landmarks=f.landmarks) for f, p in zip(faces, proba)], **{
+            faces = readers.analyze(picture)
+            out = {"faces": [face.to_dict() for face in faces], **{
                 k: info[k] for k in ("model", "detector", "tta", "runtime")}}
             if annotate:
-                out["annotated"] = jpeg_data_url(draw_faces(picture, [f.box for f in faces], proba))
+                out["annotated"] = jpeg_data_url(draw_faces(picture, faces))
         return out
 
     @app.websocket("/api/stream")
     async def stream(socket: WebSocket):
         """Send JPEG frames as binary messages, one at a time: each gets back the faces with
         ids that stay the same across frames, and the per-second averages of any second
-        that ended (as predict_live_stream.py prints them). A frame that cannot be read
-        gets {"error": ...} and the stream goes on."""
+        that ended, computed as predict_live_stream.py computes them (faces searched in
+        every 2nd frame and followed in between). A frame that cannot be read gets
+        {"error": ...} and the stream goes on."""
         await socket.accept()
-        state, started = StreamReader(readers), time.time()
+        started = time.time()
+        state = readers.stream_reader(clock=started)
 
         def read(data):  # in a worker thread: decoding a large frame must not stall the event loop
             with readers.images:
                 frame = decoded(data, "that frame", max_megapixels)
                 t0 = time.perf_counter()
-                faces, ids, proba, ended = state.read(frame, time.time() - started)
-                return frame.shape, faces, ids, proba, ended, (time.perf_counter() - t0) * 1000
+                faces, ended = state.read(frame, time.time() - started)
+                return frame.shape, faces, ended, (time.perf_counter() - t0) * 1000
 
         try:
             while True:
@@ -308,13 +327,12 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
                     await socket.send_json({"error": "send each frame as a binary message of JPEG or PNG bytes"})
                     continue
                 try:
-                    shape, faces, ids, proba, ended, ms = await run_in_threadpool(read, message["bytes"])
+                    shape, faces, ended, ms = await run_in_threadpool(read, message["bytes"])
                 except HTTPException as err:
                     await socket.send_json({"error": err.detail})
                     continue
-                seconds = [second_record(*ended, clock=started)] if ended else []
-                await socket.send_json({"faces": [face_record(f.box, p, i) for f, p, i in zip(faces, proba, ids)],
-                                        "width": shape[1], "height": shape[0], "seconds": seconds,
+                await socket.send_json({"faces": [face.to_dict() for face in faces], "width": shape[1],
+                                        "height": shape[0], "seconds": [s.to_dict() for s in ended],
                                         "milliseconds": ms})
         except WebSocketDisconnect:
             pass
