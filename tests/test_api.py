@@ -177,3 +177,38 @@ def test_the_readme_example_runs_from_outside_the_repository(tmp_path):
     emotion, percent = re.search(r"face 1 at .*: (\w+) , (\d+)%", printed.stdout).groups()
     first = result.stdout.splitlines()[0].split()
     assert first[0] == emotion and int(round(float(first[1]) * 100)) == int(percent)
+
+
+def test_quiet_stderr_never_swaps_the_descriptor_from_a_worker_thread():
+    import os
+    from expressions import quiet_stderr
+    outside = os.fstat(2).st_ino
+    seen = {}
+
+    def worker():
+        with quiet_stderr():
+            seen["thread"] = os.fstat(2).st_ino
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    with quiet_stderr():
+        seen["main"] = os.fstat(2).st_ino
+    assert seen["thread"] == outside  # the process's stderr, which other threads write to, untouched
+    assert seen["main"] != outside and os.fstat(2).st_ino == outside  # muted in the main thread, then restored
+
+
+def test_the_predictor_cache_keeps_a_few_models_not_every_one():
+    import gc
+    import weakref
+    from expressions import model as nets
+    x = np.zeros((2, 48, 48, 1), np.uint8)
+    first = nets.build_cnn(width=2)
+    nets.predict_in_batches(first, x, "none")
+    alive = weakref.ref(first)
+    for _ in range(5):
+        nets.predict_in_batches(nets.build_cnn(width=2), x, "none")
+    assert len(nets._predictors) <= 4
+    del first
+    gc.collect()
+    assert alive() is None  # the cache let the first model go

@@ -267,3 +267,19 @@ def test_the_page_in_chromium_shows_the_webcam_face_and_reads_photos_and_videos(
     assert video["message"].startswith("20 frames, 2 seconds") and len(video["rows"]) == 2
     assert video["links"][0].endswith("/timeline.csv") and video["links"][1].endswith("/annotated.mp4")
     assert "No camera found" in no_camera or "refused" in no_camera
+
+
+@needs_shared
+def test_a_video_job_gives_the_seconds_predict_live_stream_gives(tmp_path):
+    video = SHARED / "media" / "liveportrait_d10.mp4"  # 15 seconds
+    script = run_script("predict_live_stream.py", "--source", video, "--csv", tmp_path / "script.csv")
+    assert script.returncode == 0, script.stderr
+    # The same defaults (flip; faces searched in every 2nd frame): the same seconds, to the digit.
+    with local_client(create_app(tta="flip", pipelines=1)) as c:
+        job = c.post("/api/video", files={"video": (video.name, video.read_bytes(), "video/mp4")}).json()["job"]
+        deadline = time.time() + 120
+        while c.get(f"/api/video/{job}").json()["state"] not in ("done", "error"):
+            assert time.time() < deadline
+            time.sleep(0.2)
+        served = c.get(f"/api/video/{job}/timeline.csv").text
+    assert served == (tmp_path / "script.csv").read_text() and len(served.splitlines()) == 16
