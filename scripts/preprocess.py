@@ -1,7 +1,7 @@
 """Prepare FER2013 for training and evaluation.
 
 Reads the raw data (Kaggle fer2013.csv, the course's train.csv + test_with_emotions.csv,
-or the challenge zip; from data/ or ../shared), validates every row, and writes:
+or the challenge zip; from data/ or --source PATH), validates every row, and writes:
   data/train.csv, data/test.csv      the course format (test = PublicTest + PrivateTest)
   data/fer2013_prepared.npz          uint8 arrays with a fixed validation split carved from Training
   results/class_distribution.png     images per class and split (with --data-dir DIR: DIR/class_distribution.png)
@@ -31,7 +31,7 @@ from expressions.video import VideoFile, open_video, video_fps
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, default=None,
-                   help="raw data file or folder (default: look in --data-dir, then ../shared/data/fer2013)")
+                   help="raw data file or folder (default: look in --data-dir)")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR,
                    help="where the prepared files are written (default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1,
@@ -49,7 +49,7 @@ def parse_args(argv=None):
                         "'demo' generates a 20-second video from a photo shipped with scikit-image")
     add_detector_option(p)
     p.add_argument("--out", type=Path, default=PREPROCESSING_TEST_DIR,
-                   help="with --video: output folder for image0.png, image1.png, ... (default: %(default)s)")
+                   help="with --video: output folder for imageN.png, the crop of second N (default: %(default)s)")
     args = p.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         p.error("--val-fraction must be between 0 and 1")
@@ -148,8 +148,8 @@ def make_demo_video(path: Path, seconds=20, fps=25, size=(640, 480)):
     import cv2
     from skimage import data as skdata
     photo = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
-    fx, fy, fw, _ = FaceDetector().detect(photo, still=True)[0].box
-    face_centre = (fx + fw / 2, fy + fw / 2)
+    fx, fy, fw, fh = FaceDetector().detect(photo, still=True)[0].box
+    face_centre = (fx + fw / 2, fy + fh / 2)
     writer = VideoFile(path, fps)
     for i in range(seconds * fps):
         t = i / fps
@@ -165,39 +165,37 @@ def make_demo_video(path: Path, seconds=20, fps=25, size=(640, 480)):
 
 
 def crops_per_second(video: Path, out: Path, detector_name="yunet"):
-    """Write one 48x48 grey face crop per second of video (image0.png, image1.png, ...) into
-    out, replacing earlier crops, and keep the input there as input_video.mp4."""
+    """Write one 48x48 grey face crop per second of video into out, imageN.png for second N
+    (none for a second without a face), replacing earlier crops, and keep the input there
+    as input_video.mp4."""
     cap = open_video(str(video))
     if cap is None:
         raise UserError(f"cannot read video {video}: not a video OpenCV can decode")
     fps = video_fps(cap)
     detector = FaceDetector(detector_name)
-    crops, missing, frame_no = [], [], 0
-    second_done = -1
+    crops, frame_no = {}, 0  # second -> crop
     while True:
         ok, frame = cap.read()
         if not ok:
             break
         second = int(frame_no / fps)
         frame_no += 1
-        if second == second_done:
+        if second in crops:
             continue
         faces = detector.detect(frame)
         if faces:  # the first frame of the second that shows a face; the largest face
-            crops.append(crop_face(to_gray(frame), faces[0]))
-            second_done = second
-        elif frame_no >= (second + 1) * fps - 1:
-            missing.append(second)
-            second_done = second
+            crops[second] = crop_face(to_gray(frame), faces[0])
     cap.release()
     if frame_no == 0:
         raise UserError(f"no frame could be read from {video}")
     if not crops:
         raise UserError(f"no face found in {video}")
+    missing = [s for s in range(int((frame_no - 1) / fps) + 1) if s not in crops]
     for old in out.glob("image*.png"):
         old.unlink()
-    for k, crop in enumerate(crops):
-        write_image(out / f"image{k}.png", crop)
+    # imageN is always second N: a second without a face leaves a gap, not a shift.
+    for second, crop in crops.items():
+        write_image(out / f"image{second}.png", crop)
     kept = out / "input_video.mp4"
     if video.resolve() != kept.resolve():
         if video.suffix.lower() == ".mp4":
@@ -215,7 +213,7 @@ def crops_per_second(video: Path, out: Path, detector_name="yunet"):
             cap.release()
             writer.close()
     print(f"{frame_no / fps:.1f} s of video at {fps:.2f} fps: wrote {len(crops)} face crops to {out}"
-          + (f"; no face in second(s) {', '.join(map(str, missing))}" if missing else ""))
+          + (f"; no face in second(s) {', '.join(map(str, missing))}, so no image of that number" if missing else ""))
     return 0
 
 

@@ -12,7 +12,7 @@ and its batch-norm statistics are recomputed on the un-augmented training images
 validation accuracy improves). Then the model and its reports are written to --out.
 
 --backbone mobilenet trains the brief's optional pre-trained model instead: ImageNet
-MobileNet weights (offline, from ../shared/weights), fine-tuned freeze-then-unfreeze with
+MobileNet weights (a local file given by --weights), fine-tuned freeze-then-unfreeze with
 the same data, validation protocol and reports (results/model/pre_trained_model*).
 
 Every epoch is snapshotted: a run that is killed and started again with the same
@@ -20,21 +20,18 @@ command continues after its last complete epoch.
 
     python scripts/train.py                          # the committed model
     python scripts/train.py --subset 500 --epochs 2  # a quick smoke run
-    python scripts/train.py --backbone mobilenet     # the pre-trained model
+    python scripts/train.py --backbone mobilenet --weights mobilenet_2_5_224_tf_no_top.h5   # the pre-trained model
 """
 import argparse
 import sys
 import warnings
 from pathlib import Path
 
-from expressions import DATA_DIR, IMAGE_SIZE, MODEL_DIR, SHARED_DIR, UserError, import_tensorflow, machine, run_cli
+from expressions import DATA_DIR, IMAGE_SIZE, MODEL_DIR, UserError, import_tensorflow, machine, run_cli
 from expressions import data as fer2013
 from expressions import model as nets
 from expressions import reports, training
 from expressions.outputs import check_folder
-
-# Keras Applications' ImageNet MobileNet (alpha 0.25, no top), kept offline beside the project.
-SHARED_MOBILENET = SHARED_DIR / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 
 
 # ---------------------------------------------------------------- settings
@@ -70,9 +67,9 @@ def parse_args(argv=None):
                    help="vgg: our CNN, trained from scratch; mobilenet: the optional pre-trained model, an "
                         "ImageNet MobileNet (alpha 0.25) fine-tuned on upscaled faces (default: %(default)s)")
     p.add_argument("--weights", default=None,
-                   help="mobilenet only: the ImageNet weights, 'imagenet' (Keras downloads them), a path to "
-                        "mobilenet_2_5_224_tf_no_top.h5, or 'none' for random initialisation (default: "
-                        f"{SHARED_MOBILENET} if present, else imagenet)")
+                   help="mobilenet only, and needed with it: the ImageNet weights, a path to Keras "
+                        "Applications' mobilenet_2_5_224_tf_no_top.h5, 'imagenet' (Keras downloads them), or "
+                        "'none' for random initialisation")
     p.add_argument("--input-px", type=int, default=96,
                    help="mobilenet only: faces are upscaled inside the model to this size (default: %(default)s)")
     p.add_argument("--freeze-epochs", type=int, default=2,
@@ -111,17 +108,18 @@ def parse_args(argv=None):
         p.error("--epochs and --batch-size must be positive")
     if args.model_name is None:
         args.model_name = "my_own_model" if args.backbone == "vgg" else "pre_trained_model"
-    if args.backbone == "mobilenet":
-        if args.weights is None:
-            args.weights = str(SHARED_MOBILENET) if SHARED_MOBILENET.exists() else "imagenet"
-        if args.weights == "none":
-            args.freeze_epochs = 0  # nothing learnt to protect
-    elif args.weights is not None:
-        p.error("--weights needs --backbone mobilenet")
     if not (32 <= args.crop_px <= IMAGE_SIZE and args.crop_px % 2 == 0):
         p.error(f"--crop-px must be even, from 32 to {IMAGE_SIZE}")
     if args.backbone != "vgg" and args.crop_px != IMAGE_SIZE:
         p.error("--crop-px is an option of our own CNN (--backbone vgg)")
+    if args.backbone == "mobilenet":
+        if args.weights is None:  # no default: 'imagenet' would be a download
+            p.error("--backbone mobilenet needs --weights: a path to mobilenet_2_5_224_tf_no_top.h5, "
+                    "'imagenet' (Keras downloads them) or 'none'")
+        if args.weights == "none":
+            args.freeze_epochs = 0  # nothing learnt to protect
+    elif args.weights is not None:
+        p.error("--weights needs --backbone mobilenet")
     return args
 
 
@@ -244,7 +242,8 @@ def main(argv=None):
     print(f"saved {model_path} (epoch {kept_epoch}, {val_note}); training took {wall_minutes:.1f} min", flush=True)
 
     # ------------------------------------------------------------ report
-    metrics = {"model": model_path.name, "command": " ".join(["python scripts/train.py", *sys.argv[1:]]),
+    given = sys.argv[1:] if argv is None else argv  # the options this run was given, also in-process
+    metrics = {"model": model_path.name, "command": " ".join(["python scripts/train.py", *map(str, given)]),
                "epochs_run": len(history), "kept_epoch": kept_epoch, "val_accuracy": kept_val,
                "trained_on_validation": args.include_validation,
                "batch_norm_pass": batch_norm, "train_wall_minutes": wall_minutes,

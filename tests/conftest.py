@@ -1,6 +1,7 @@
-"""Shared test helpers: paths, the ../shared skip, tiny generated FER2013-format files, and
+"""Shared test helpers: paths, the shared-data skip, tiny generated FER2013-format files, and
 the expensive things built once per session (the prepared dataset, one tiny trained model),
 always in temporary folders, never in the repository."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +11,38 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
-SHARED = ROOT.parent / "shared"
+# Where FER2013 and the test media are is a test setting, not the toolkit's: EXPRESSIONS_SHARED
+# (default: "shared" beside the repository). The tests pass these paths to the scripts.
+SHARED = Path(os.environ.get("EXPRESSIONS_SHARED", ROOT.parent / "shared")).resolve()
+SHARED_FER2013 = SHARED / "data" / "fer2013" / "fer2013.csv.gz"
+SHARED_MOBILENET = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 sys.path.insert(0, str(SCRIPTS))
 
-HAVE_FER2013 = (SHARED / "data" / "fer2013" / "fer2013.csv.gz").exists()
+HAVE_FER2013 = SHARED_FER2013.exists()
 needs_shared = pytest.mark.skipif(
-    not HAVE_FER2013, reason=f"../shared (FER2013 and the test media) is not beside the project at {SHARED}")
+    not HAVE_FER2013, reason=f"no FER2013 at {SHARED_FER2013} (set EXPRESSIONS_SHARED to the shared folder)")
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help="the full suite, as CI runs it: also the tests marked full (training runs, the "
+                          "committed model over the 7,178 test images, serve.py in a subprocess, the browser)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "full: in the full suite only (python -m pytest --full)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The default tier, for a developer's loop, leaves out what is marked full."""
+    if config.getoption("--full"):
+        return
+    skip = pytest.mark.skip(reason="full suite only: python -m pytest -q tests --full")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)
+
+
+full = pytest.mark.full
 
 # A tiny network on a slice of the real data: the whole run takes seconds.
 TINY = ["--subset", "384", "--batch-size", "64", "--width", "8", "--erase-prob", "0", "--lr", "0.05",
@@ -64,9 +91,9 @@ def write_kaggle_csv(path, n_train=70, n_public=14, n_private=14):
 def prepared_data(tmp_path_factory):
     """The real dataset, prepared once per session by preprocess.py into a temporary folder."""
     if not HAVE_FER2013:
-        pytest.skip(f"no FER2013: ../shared is not beside the project at {SHARED}")
+        pytest.skip(f"no FER2013 at {SHARED_FER2013} (set EXPRESSIONS_SHARED to the shared folder)")
     data_dir = tmp_path_factory.mktemp("data")
-    result = run_script("preprocess.py", "--data-dir", data_dir)
+    result = run_script("preprocess.py", "--source", SHARED_FER2013, "--data-dir", data_dir)
     assert result.returncode == 0, result.stderr
     return data_dir
 

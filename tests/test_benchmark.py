@@ -4,13 +4,13 @@ from conftest import assert_clean_error, run_script
 
 
 def test_benchmark_without_media_says_where_it_looked(tmp_path):
-    result = run_script("benchmark.py", "--media", tmp_path, "--env", tmp_path / "env")
+    result = run_script("measure/benchmark.py", "--media", tmp_path, "--env", tmp_path / "env")
     assert_clean_error(result, "test media not found", str(tmp_path))
     assert not (tmp_path / "env").exists()  # nothing is installed before the inputs are checked
 
 
 def test_benchmark_help_explains_every_option():
-    result = run_script("benchmark.py", "--help")
+    result = run_script("measure/benchmark.py", "--help")
     assert result.returncode == 0
     for option in ("--env", "--model", "--pre-trained", "--media", "--out", "--repeats", "--latency-calls", "--train-steps"):
         assert option in result.stdout

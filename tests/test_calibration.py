@@ -43,7 +43,7 @@ def test_calibrate_reports_then_folds_the_temperature(tiny_model, prepared_data,
     x = fer2013.load_prepared(prepared_data)["x_val"][:64]
     p_before = nets.predict_in_batches(before, x, "none")
 
-    dry = run_script("calibrate.py", "--model", model, "--data-dir", prepared_data, "--out", tmp_path, "--dry-run")
+    dry = run_script("build/calibrate.py", "--model", model, "--data-dir", prepared_data, "--out", tmp_path, "--dry-run")
     assert dry.returncode == 0, dry.stderr[-2000:]
     report = json.loads((tmp_path / "calibration.json").read_text())
     assert report["folded"] is False and set(report["test"]) == set(nets.TTA_MODES)
@@ -53,17 +53,17 @@ def test_calibrate_reports_then_folds_the_temperature(tiny_model, prepared_data,
     single = report["test"]["none"]
     assert single["accuracy_before"] == single["accuracy_after"]
 
-    folded = run_script("calibrate.py", "--model", model, "--data-dir", prepared_data, "--out", tmp_path)
+    folded = run_script("build/calibrate.py", "--model", model, "--data-dir", prepared_data, "--out", tmp_path)
     assert folded.returncode == 0, folded.stderr[-2000:]
     t = json.loads((tmp_path / "calibration.json").read_text())["temperature"]
     expected = calibration.with_temperature(np.log(p_before)[None, None], t)
     assert np.allclose(nets.predict_in_batches(nets.load_model(model), x, "none"), expected, atol=1e-4)
     assert "export_tflite.py" in folded.stdout
     # A model refit on the validation rows takes a given T instead: nothing is fitted.
-    given = run_script("calibrate.py", "--model", model, "--data-dir", prepared_data, "--out", tmp_path,
+    given = run_script("build/calibrate.py", "--model", model, "--data-dir", prepared_data, "--out", tmp_path,
                        "--dry-run", "--temperature", "0.5")
     assert given.returncode == 0 and "fitting" not in given.stdout, given.stderr[-2000:]
     report = json.loads((tmp_path / "calibration.json").read_text())
     assert report["temperature"] == 0.5 and report["fitted_on"] == "given"
-    refused = run_script("calibrate.py", "--model", model, "--temperature", "0")
+    refused = run_script("build/calibrate.py", "--model", model, "--temperature", "0")
     assert refused.returncode == 2 and "--temperature must be positive" in refused.stderr

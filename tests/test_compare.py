@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from compare_models import mcnemar_p
+from measure.compare_models import mcnemar_p
 from conftest import run_script
 
 
@@ -18,7 +18,7 @@ def test_mcnemar_exact_p_values():
 def test_a_model_against_itself(tiny_model, prepared_data):
     folder, _ = tiny_model
     model = folder / "my_own_model.pkl"
-    result = run_script("compare_models.py", model, "--baseline", model, "--tta", "none", "--data-dir", prepared_data)
+    result = run_script("measure/compare_models.py", model, "--baseline", model, "--tta", "none", "--data-dir", prepared_data)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     accuracies = {line.split()[0]: line.split()[1] for line in lines[1:4]}

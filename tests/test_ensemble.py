@@ -28,7 +28,7 @@ def two_runs(tiny_model, prepared_data, tmp_path_factory):
 @needs_shared
 def test_ensemble_averages_its_members_reports_and_calibrates(two_runs, prepared_data, tmp_path):
     out = tmp_path / "my_own_model.pkl"
-    made = run_script("ensemble.py", two_runs / "first.pkl", two_runs / "second.pkl", "--out", out,
+    made = run_script("build/ensemble.py", two_runs / "first.pkl", two_runs / "second.pkl", "--out", out,
                       "--data-dir", prepared_data)
     assert made.returncode == 0, made.stderr[-2000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -48,7 +48,7 @@ def test_ensemble_averages_its_members_reports_and_calibrates(two_runs, prepared
     assert np.allclose(nets.predict_in_batches(ensemble, x, "none"), np.mean(members, 0), atol=1e-5)
 
     # The temperature goes into each member's logits, before the average.
-    folded = run_script("calibrate.py", "--model", out, "--data-dir", prepared_data, "--out", tmp_path)
+    folded = run_script("build/calibrate.py", "--model", out, "--data-dir", prepared_data, "--out", tmp_path)
     assert folded.returncode == 0, folded.stderr[-2000:]
     t = json.loads((tmp_path / "calibration.json").read_text())["temperature"]
     expected = calibration.with_temperature(np.log(np.stack(members))[None], t)
@@ -56,7 +56,7 @@ def test_ensemble_averages_its_members_reports_and_calibrates(two_runs, prepared
 
     # report.py rewrites an ensemble's reports: it has no history of its own.
     (tmp_path / "my_own_model_architecture.txt").unlink()
-    again = run_script("report.py", "--model", out, "--no-evaluate")
+    again = run_script("build/report.py", "--model", out, "--no-evaluate")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "An ensemble: the mean of 2 networks" in (tmp_path / "my_own_model_architecture.txt").read_text()
 
@@ -64,16 +64,16 @@ def test_ensemble_averages_its_members_reports_and_calibrates(two_runs, prepared
 @needs_shared
 def test_ensemble_bad_input_gets_one_line(two_runs, tmp_path):
     shutil.copy(two_runs / "second.pkl", tmp_path / "orphan.pkl")  # no metrics beside it
-    assert_clean_error(run_script("ensemble.py", two_runs / "first.pkl", tmp_path / "orphan.pkl",
+    assert_clean_error(run_script("build/ensemble.py", two_runs / "first.pkl", tmp_path / "orphan.pkl",
                                   "--out", tmp_path / "e.pkl"), "no training record", "orphan_metrics.json")
-    assert_clean_error(run_script("ensemble.py", two_runs / "first.pkl", two_runs / "second.pkl",
+    assert_clean_error(run_script("build/ensemble.py", two_runs / "first.pkl", two_runs / "second.pkl",
                                   "--out", two_runs / "first.pkl"), "is one of the members")
-    one = run_script("ensemble.py", two_runs / "first.pkl")
+    one = run_script("build/ensemble.py", two_runs / "first.pkl")
     assert one.returncode == 2 and "two or more" in one.stderr
 
 
 def test_tensorboard_screenshot_shows_the_committed_members_only(tmp_path):
-    import tensorboard_screenshot
+    from measure import tensorboard_screenshot
     members = json.loads((tensorboard_screenshot.MODEL_DIR / "metrics.json").read_text())["members"]
     logdirs = tensorboard_screenshot.member_logdirs()
     assert sorted(logdirs) == sorted(Path(m["model"]).stem for m in members)

@@ -160,7 +160,7 @@ def test_a_stream_searches_every_nth_frame_and_reuses_its_faces_between(monkeypa
 
 @pytest.mark.skipif(not (SHARED / "media" / "liveportrait_d6.mp4").exists(), reason="../shared/media is not here")
 def test_five_faces_at_once_keep_five_ids(tmp_path):
-    from benchmark import CROWD, make_crowd_video
+    from measure.benchmarking.videos import CROWD, make_crowd_video
     clip = make_crowd_video(SHARED / "media", tmp_path / "five.mp4")
     result = run_script("predict_live_stream.py", "--source", clip, "--max-seconds", "3")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -43,11 +43,11 @@ def test_unique_names():
 def test_every_predicting_script_has_the_same_tta_option():
     defaults = {}
     # (hack_the_cnn.py has none: it fools every mode at once.)
-    for script in ("predict.py", "predict_live_stream.py", "serve.py", "calibrate.py", "measure_crop.py"):
+    for script in ("predict.py", "predict_live_stream.py", "serve.py", "build/calibrate.py", "measure/measure_crop.py"):
         result = run_script(script, "--help")
         assert result.returncode == 0, result.stderr
         text = " ".join(result.stdout.split())
         assert "--tta {none,flip,flip+shift}" in text, script
         defaults[script] = re.search(r"\(default: (none|flip\+shift|flip)[;)]", text[text.index("--tta {"):]).group(1)
     assert defaults == {"predict.py": "flip+shift", "predict_live_stream.py": "flip", "serve.py": "flip",
-                        "calibrate.py": "flip", "measure_crop.py": "flip"}
+                        "build/calibrate.py": "flip", "measure/measure_crop.py": "flip"}

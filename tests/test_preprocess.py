@@ -131,11 +131,10 @@ def test_failed_run_keeps_existing_outputs(tmp_path):
     assert (tmp_path / "out" / "train.csv").read_bytes() == before
 
 
-def test_no_data_anywhere_says_where_it_looked(tmp_path, monkeypatch):
-    monkeypatch.setattr(fer2013, "SHARED_FER2013", tmp_path / "missing.csv.gz")
+def test_no_data_anywhere_says_where_it_looked(tmp_path):
     with pytest.raises(UserError, match="kaggle.com.*") as err:
         fer2013.find_fer2013_source(tmp_path / "empty", None)
-    assert str(tmp_path / "empty") in str(err.value) and "missing.csv.gz" in str(err.value)
+    assert str(tmp_path / "empty") in str(err.value) and "--source" in str(err.value)
 
 
 def test_validation_split_is_stratified_and_stable():

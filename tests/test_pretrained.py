@@ -1,4 +1,4 @@
-"""The optional pre-trained model: ImageNet MobileNet weights from ../shared, fine-tuned by train.py."""
+"""The optional pre-trained model: ImageNet MobileNet weights (a local file), fine-tuned by train.py."""
 import json
 import re
 
@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED, assert_clean_error, needs_shared, run_script
+from conftest import SHARED_MOBILENET as MOBILENET, assert_clean_error, needs_shared, run_script
 from expressions import MODEL_DIR
 from expressions import model as nets
 
-MOBILENET = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 needs_weights = pytest.mark.skipif(not MOBILENET.exists(), reason=f"no ImageNet MobileNet weights at {MOBILENET}")
 
 # A small slice, faces kept at 48 px (MobileNet accepts it) so the run takes seconds.
@@ -36,8 +35,9 @@ def test_backbone_starts_from_the_imagenet_weights():
 def test_freeze_then_unfreeze_run_writes_the_pretrained_model(prepared_data, tmp_path):
     # At 96 px, as the real model: at 48 px the switch to batch statistics at unfreezing
     # throws a slice this small off for longer than the run lasts.
-    result = run_script("train.py", *TINY, "--input-px", "96", "--subset", "384", "--epochs", "3",
-                        "--freeze-epochs", "1", "--data-dir", prepared_data, "--out", tmp_path, "--no-evaluate")
+    result = run_script("train.py", *TINY, "--weights", MOBILENET, "--input-px", "96", "--subset", "384",
+                        "--epochs", "3", "--freeze-epochs", "1", "--data-dir", prepared_data, "--out", tmp_path,
+                        "--no-evaluate")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1 with the backbone frozen" in result.stdout
     model = nets.load_model(tmp_path / "pre_trained_model.pkl")

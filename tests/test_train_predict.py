@@ -53,14 +53,14 @@ def test_report_script_rewrites_the_reports_of_a_finished_model(tiny_model, tmp_
     before = json.loads((out / "metrics.json").read_text())
     for report in ("learning_curves.png", "confusion_matrix.png", "my_own_model_architecture.txt"):
         (out / report).unlink()
-    result = run_script("report.py", "--model", out / "my_own_model.pkl", "--no-evaluate")
+    result = run_script("build/report.py", "--model", out / "my_own_model.pkl", "--no-evaluate")
     assert result.returncode == 0, result.stderr[-2000:]
     for report in ("learning_curves.png", "my_own_model_architecture.txt"):
         assert (out / report).stat().st_size > 1000
     assert "test accuracy, test-time augmentation flip+shift" in (out / "my_own_model_architecture.txt").read_text()
     assert json.loads((out / "metrics.json").read_text()) == before  # --no-evaluate keeps the test figures
     (out / "history.csv").unlink()
-    assert_clean_error(run_script("report.py", "--model", out / "my_own_model.pkl", "--no-evaluate"), "history.csv")
+    assert_clean_error(run_script("build/report.py", "--model", out / "my_own_model.pkl", "--no-evaluate"), "history.csv")
 
 
 @needs_shared
@@ -162,20 +162,20 @@ def test_refit_on_the_validation_rows_keeps_the_last_epoch(prepared_data, tmp_pa
     # An ensemble with such a member quotes no validation figure: those rows were trained on.
     shutil.copy(tmp_path / "metrics.json", tmp_path / "twin_metrics.json")
     shutil.copy(tmp_path / "my_own_model.pkl", tmp_path / "twin.pkl")
-    made = run_script("ensemble.py", tmp_path / "my_own_model.pkl", tmp_path / "twin.pkl", "--out",
+    made = run_script("build/ensemble.py", tmp_path / "my_own_model.pkl", tmp_path / "twin.pkl", "--out",
                       tmp_path / "ens.pkl", "--data-dir", prepared_data, "--no-evaluate")
     assert made.returncode == 0 and "validation accuracy: not measured" in made.stdout, made.stderr[-2000:]
     ensemble = json.loads((tmp_path / "ens_metrics.json").read_text())
     assert ensemble["trained_on_validation"] and ensemble["val_accuracy"] is None
     # ... and every script that would measure it on those rows refuses it in one line.
     data_dir = ("--data-dir", prepared_data)
-    for script, *options in (("compare_models.py", tmp_path / "ens.pkl", *data_dir),
+    for script, *options in (("measure/compare_models.py", tmp_path / "ens.pkl", *data_dir),
                              ("predict.py", "--model", tmp_path / "ens.pkl", "--split", "val", *data_dir),
-                             ("calibrate.py", "--model", tmp_path / "ens.pkl", "--dry-run", "--out", tmp_path, *data_dir),
-                             ("measure_crop.py", "--model", tmp_path / "ens.pkl")):
+                             ("build/calibrate.py", "--model", tmp_path / "ens.pkl", "--dry-run", "--out", tmp_path, *data_dir),
+                             ("measure/measure_crop.py", "--model", tmp_path / "ens.pkl")):
         assert_clean_error(run_script(script, *options), "trained on the validation rows")
     # A given temperature needs no fit there: calibrate.py applies it.
-    given = run_script("calibrate.py", "--model", tmp_path / "ens.pkl", "--temperature", "0.845", "--dry-run",
+    given = run_script("build/calibrate.py", "--model", tmp_path / "ens.pkl", "--temperature", "0.845", "--dry-run",
                        "--out", tmp_path, "--data-dir", prepared_data)
     assert given.returncode == 0 and "T = 0.845" in given.stdout, given.stderr[-2000:]
 

@@ -47,7 +47,6 @@ DATA_DIR = ROOT / "data"
 RESULTS_DIR = ROOT / "results"
 MODEL_DIR = RESULTS_DIR / "model"
 PREPROCESSING_TEST_DIR = RESULTS_DIR / "preprocessing_test"
-SHARED_DIR = ROOT.parent / "shared"  # read-only data and media beside the project, when present
 
 
 class UserError(Exception):

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import DATA_DIR, EMOTIONS, IMAGE_SIZE, SHARED_DIR, UserError
+from . import DATA_DIR, EMOTIONS, IMAGE_SIZE, UserError
 
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 USAGES = ("Training", "PublicTest", "PrivateTest")
-SHARED_FER2013 = SHARED_DIR / "data" / "fer2013" / "fer2013.csv.gz"
 PREPARED_NPZ = "fer2013_prepared.npz"  # under the data directory
 KAGGLE_URL = ("https://www.kaggle.com/c/challenges-in-representation-learning-"
               "facial-expression-recognition-challenge/data")
@@ -111,7 +110,7 @@ def validate_rows(df, name: str, skip_bad_rows: bool = False, need_usage: bool =
 
 def find_fer2013_source(data_dir: Path = DATA_DIR, source: Path | None = None):
     """Where the raw data is: returns (kind, [paths]). kind is 'kaggle' (one fer2013.csv),
-    'course' (train.csv + test file) or 'zip'. Looks in data_dir, then ../shared."""
+    'course' (train.csv + test file) or 'zip'. Looks in source if given, else in data_dir."""
     if source is not None:
         source = Path(source)
         if not source.exists():
@@ -128,12 +127,10 @@ def find_fer2013_source(data_dir: Path = DATA_DIR, source: Path | None = None):
     found = _find_in(data_dir)
     if found:
         return found
-    if SHARED_FER2013.exists():
-        return "kaggle", [SHARED_FER2013]
     raise UserError(
         f"no FER2013 data found: looked in {data_dir} for fer2013.csv[.gz], the challenge .zip, "
-        f"or train.csv[.gz] + test_with_emotions.csv[.gz]/test.csv[.gz], and at {SHARED_FER2013}. "
-        f"Download fer2013.csv from {KAGGLE_URL} into {data_dir}")
+        f"or train.csv[.gz] + test_with_emotions.csv[.gz]/test.csv[.gz]. "
+        f"Download fer2013.csv from {KAGGLE_URL} into {data_dir}, or pass --source PATH")
 
 
 def _first(directory: Path, names):
@@ -277,8 +274,5 @@ def subset(data, n_train, seed):
     rng = np.random.default_rng(seed)
     tr = rng.permutation(len(data["x_train"]))[:n_train]
     va = rng.permutation(len(data["x_val"]))[:max(n_train // 4, 1)]
-    sliced = {**data, "x_train": data["x_train"][tr], "y_train": data["y_train"][tr],
-              "x_val": data["x_val"][va], "y_val": data["y_val"][va]}
-    if "t_train" in data:
-        sliced["t_train"] = data["t_train"][tr]
-    return sliced
+    return {**data, "x_train": data["x_train"][tr], "y_train": data["y_train"][tr],
+            "x_val": data["x_val"][va], "y_val": data["y_val"][va]}

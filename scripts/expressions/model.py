@@ -180,6 +180,8 @@ def check_committed(path, content: bytes):
 # getattr(Functional, "_unpickle_model")(BytesIO(<its .keras zip>)). The unpickler admits
 # these and nothing else, and even these only in that use (see _ModelUnpickler).
 PICKLE_GLOBALS = {("builtins", "getattr"), ("keras.src.models.functional", "Functional"), ("_io", "BytesIO")}
+# A Sequential model (a user's own, say) is pickled the same way, through its own class.
+MODEL_CLASSES = {("keras.src.models.functional", "Functional"), ("keras.src.models.sequential", "Sequential")}
 
 
 class Refused(Exception):
@@ -187,8 +189,9 @@ class Refused(Exception):
 
 
 class _FunctionalToken:
-    """What the unpickler gives for Functional: not the class, so a pickle cannot call its
-    constructor or read its attributes; only getattr(it, "_unpickle_model") works."""
+    """What the unpickler gives for Functional (or Sequential): not the class, so a pickle
+    cannot call its constructor or read its attributes; only getattr(it, "_unpickle_model")
+    works."""
     __slots__ = ()
 
 
@@ -202,9 +205,11 @@ class _ModelUnpickler(pickle.Unpickler):
     safe_mode=False ("pickle is not safe regardless")."""
 
     def find_class(self, module, name):
+        if (module, name) in MODEL_CLASSES:
+            return _FUNCTIONAL
         if (module, name) not in PICKLE_GLOBALS:
             raise Refused(f"it asks to run {module}.{name}")
-        return {"getattr": self._getattr, "Functional": _FUNCTIONAL, "BytesIO": io.BytesIO}[name]
+        return {"getattr": self._getattr, "BytesIO": io.BytesIO}[name]
 
     def _getattr(self, obj, name, *default):
         if obj is _FUNCTIONAL and name == "_unpickle_model" and not default:

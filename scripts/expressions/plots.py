@@ -37,8 +37,27 @@ def learning_curves(history, kept_epoch, path, batch_norm=None, validation_seen=
     the kept epoch, and validation after the batch-norm pass when it was kept
     (validation_seen: the run trained on the validation rows too)."""
     plt = _pyplot()
-    epochs = np.arange(1, len(history) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    _curves(axes, history, kept_epoch, batch_norm, validation_seen)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def runs_learning_curves(runs, path, title):
+    """learning_curves for several runs, one row each: runs is a list of dicts with history,
+    kept_epoch, batch_norm (or None) and title."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.8 * len(runs) + 0.6), squeeze=False)
+    for row, run in zip(axes, runs):
+        _curves(row, run["history"], run["kept_epoch"], run.get("batch_norm"), prefix=run["title"])
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _curves(axes, history, kept_epoch, batch_norm=None, validation_seen=False, prefix=""):
+    """One run's loss (axes[0]) and accuracy (axes[1]) per epoch, the kept epoch marked."""
+    epochs = np.arange(1, len(history) + 1)
     for ax, key in zip(axes, ["loss", "accuracy"]):
         ax.plot(epochs, history[key], label=f"train {key} (augmented)")
         seen = " (rows trained on)" if validation_seen else ""
@@ -48,11 +67,9 @@ def learning_curves(history, kept_epoch, path, batch_norm=None, validation_seen=
                     label=f"after the batch-norm pass: validation {batch_norm['val_accuracy_recomputed']:.1%}")
         ax.axvline(kept_epoch, color="grey", ls="--", label=f"kept: epoch {kept_epoch}")
         ax.set_xlabel("epoch")
-        ax.set_title(key)
+        ax.set_title(f"{prefix}: {key}" if prefix else key)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path)
 
 
 def confusion_matrix(cm, path, title):

@@ -1,19 +1,21 @@
 """What a trained model's folder holds besides the model: metrics.json (test figures per
 test-time augmentation mode and per split), history.csv, learning curves, confusion
 matrix and the architecture text. One function writes them all, for train.py at the end
-of a run and for report.py on a finished model."""
+of a run, ensemble.py for an ensemble, and report.py on a finished model."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
-from . import plots
-from . import UserError
+from . import ROOT, UserError, plots
 from .model import DEFAULT_TTA, TTA_MODES, classification_report, model_path, predict_in_batches
 from .outputs import write_json, write_text
 
 NOTES_DIR = Path(__file__).resolve().parent / "notes"
+# train.py settings that change where a run reads and writes or how it computes, not what it
+# learns: two runs that differ only in these (and --include-validation) are twins.
+NOT_RECIPE = ("include_validation", "data_dir", "out", "model_name", "mixed_precision", "strategy")
 
 
 def artifact(out: Path, model_name: str, filename: str) -> Path:
@@ -56,9 +58,9 @@ def evaluate(model, data):
 def write_reports(model, metrics, history, data, out, model_name, evaluate_test=True):
     """Write every report of a trained model into `out`. metrics: the run's record (kept
     epoch, validation accuracy, batch-norm pass, wall time, config, machine), or an
-    ensemble's ("members": each member's record; history None, no learning curves of its
-    own); the test figures are added to it when evaluate_test is set (they need
-    data["x_test"])."""
+    ensemble's ("members": each member's record; history None: its learning curves are its
+    members', see members_learning_curves); the test figures are added to it when
+    evaluate_test is set (they need data["x_test"])."""
     if evaluate_test:
         metrics.update(evaluate(model, data))
         best = metrics[f"test_tta_{DEFAULT_TTA}"]
@@ -68,8 +70,69 @@ def write_reports(model, metrics, history, data, out, model_name, evaluate_test=
         plots.learning_curves(history, metrics["kept_epoch"], artifact(out, model_name, "learning_curves.png"),
                               metrics.get("batch_norm_pass"), metrics.get("trained_on_validation", False))
         write_text(artifact(out, model_name, "history.csv"), history.to_csv(index=False))
+    if "members" in metrics:
+        members_learning_curves(metrics["members"], artifact(out, model_name, "learning_curves.png"))
     write_json(artifact(out, model_name, "metrics.json"), metrics)
     write_text(Path(out) / f"{model_name}_architecture.txt", architecture_text(model, metrics))
+
+
+def member_file(member) -> Path:
+    """A member's model file as the ensemble recorded it (a relative path is the repository's)."""
+    path = Path(member["model"])
+    return path if path.is_absolute() else ROOT / path
+
+
+def held_out_twin(model_file: Path, record):
+    """The run beside model_file with the same recipe and seed that held the validation rows
+    out: (its name, its record), or None. A refit (train.py --include-validation) keeps its
+    last epoch; its twin's curves show where validation stopped improving."""
+    recipe = {k: v for k, v in record.get("config", {}).items() if k not in NOT_RECIPE}
+    found = []
+    for path in sorted(Path(model_file).parent.glob("*metrics.json")):
+        if path.name != "metrics.json" and not path.name.endswith("_metrics.json"):
+            continue
+        name = "my_own_model" if path.name == "metrics.json" else path.name[:-len("_metrics.json")]
+        try:
+            other = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        config = other.get("config") if isinstance(other, dict) else None
+        if (isinstance(config, dict) and not other.get("trained_on_validation")
+                and {k: v for k, v in config.items() if k not in NOT_RECIPE} == recipe):
+            found.append((name, other))
+    return found[0] if len(found) == 1 else None
+
+
+def members_learning_curves(members, path):
+    """An ensemble's learning curves: each member's, or for a member that trained on the
+    validation rows (whose curves cannot show overfitting) its held-out twin's, the kept
+    epoch marked. Written to path; returns the runs drawn, or None (and says why) when a
+    member's curves are not found beside it."""
+    import pandas as pd
+    runs = []
+    for member in members:
+        model_file = member_file(member)
+        name, record = model_file.stem, member
+        if member.get("trained_on_validation"):
+            twin = held_out_twin(model_file, member)
+            if twin is None:
+                print(f"no learning curves for the ensemble: {model_file} trained on the validation rows and no "
+                      "single run beside it has its recipe and seed with them held out")
+                return None
+            name, record = twin
+        try:
+            history = pd.read_csv(artifact(model_file.parent, name, "history.csv"))
+        except (OSError, ValueError) as err:
+            print(f"no learning curves for the ensemble: {err.__class__.__name__} reading the history of {name}")
+            return None
+        title = name if name == model_file.stem else f"{name}, held-out twin of {model_file.stem}"
+        runs.append({"name": name, "title": title, "history": history, "kept_epoch": record["kept_epoch"],
+                     "batch_norm": record.get("batch_norm_pass")})
+    twins = any(run["name"] != member_file(m).stem for run, m in zip(runs, members))
+    plots.runs_learning_curves(runs, path, f"The ensemble's {len(runs)} networks" + (
+        "\nA network refit on the validation rows keeps its last epoch; shown instead is its twin, the same\n"
+        "recipe and seed with validation held out, and the epoch it kept (the best on validation)" if twins else ""))
+    return runs
 
 
 def architecture_text(model, metrics):

@@ -8,16 +8,16 @@ any prediction of a single pass (the top class stays the top class). T is folded
 model's last layer, so every script and the web app print calibrated probabilities and
 the model still takes raw pixels and returns 7 probabilities.
 
-    python scripts/calibrate.py              # fit, report, fold into results/model/my_own_model.pkl
-    python scripts/calibrate.py --dry-run    # fit and report only
-    python scripts/calibrate.py --temperature 0.845  # a model refit on the validation rows (train.py
+    python scripts/build/calibrate.py              # fit, report, fold into results/model/my_own_model.pkl
+    python scripts/build/calibrate.py --dry-run    # fit and report only
+    python scripts/build/calibrate.py --temperature 0.845  # a model refit on the validation rows (train.py
                                              # --include-validation): apply its twin's T, fit nothing
 
 Reports, on the 7,178 test images and for each prediction mode: accuracy, expected
 calibration error (15 bins) and negative log-likelihood before and after, in
 results/model/calibration.json and the reliability diagram results/model/calibration.png.
 Run it on a model that was not calibrated yet: on a calibrated one it finds T close to 1
-and changes nothing that matters. Then `python scripts/export_tflite.py` makes the fast
+and changes nothing that matters. Then `python scripts/build/export_tflite.py` makes the fast
 form again from the new .pkl.
 """
 import argparse
@@ -97,7 +97,8 @@ def main(argv=None):
 
     write_json(json_path, {"model": path.name, "temperature": t, "fitted_on": fitted_on, "fitted_for_tta": args.tta,
                            "ece_bins": calibration.ECE_BINS, "test": figures, "folded": not args.dry_run,
-                           "command": " ".join(["python scripts/calibrate.py", *sys.argv[1:]])})
+                           "command": " ".join(["python scripts/build/calibrate.py",
+                                                *map(str, sys.argv[1:] if argv is None else argv)])})
     plots.reliability_diagram(panels, figure_path, f"{path.name} on the {len(y_test):,} test images: one temperature "
                               f"T = {t:.3g} " + (f"fitted on validation ({args.tta})" if fitted_on == "validation"
                                                  else "given (--temperature)"))
@@ -108,7 +109,7 @@ def main(argv=None):
         expected = calibration.with_temperature(calibration.view_log_probabilities(
             model, data["x_val"][:256], "none"), 1.0)
         assert np.allclose(check, expected, atol=1e-4), "the saved model does not reproduce the folded one"
-        print(f"folded T into {path}: run `python scripts/export_tflite.py` to make its fast form again")
+        print(f"folded T into {path}: run `python scripts/build/export_tflite.py` to make its fast form again")
     return 0
 
 

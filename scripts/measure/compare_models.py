@@ -4,8 +4,8 @@ Validation has 2,872 images: one standard error at 69 % is 0.86 points, so two a
 alone cannot tell a lever from luck. The paired test (McNemar's exact test on the images
 where exactly one of the two models is right) can: it is how iterations.md decides.
 
-    python scripts/compare_models.py /work/artifacts/run10_seed2/my_own_model.pkl
-    python scripts/compare_models.py A.pkl --baseline B.pkl --tta none
+    python scripts/measure/compare_models.py results/model/runs/run10_seed2.pkl
+    python scripts/measure/compare_models.py A.pkl --baseline B.pkl --tta none
 
 Prints each model's validation accuracy, the ensemble's (the mean of the two models'
 probabilities), and McNemar's p for A against the baseline and for the ensemble against
@@ -17,7 +17,7 @@ from math import comb
 from pathlib import Path
 
 
-from expressions import DATA_DIR, run_cli
+from expressions import DATA_DIR, ROOT, run_cli
 from expressions import data as fer2013
 from expressions import model as nets
 from expressions import reports
@@ -26,11 +26,14 @@ from expressions import reports
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("candidate", help="the model to compare (a .pkl path, or own / pre_trained)")
+    # Defaults shown relative to the project: its absolute path is this machine's, not the tool's.
     p.add_argument("--baseline", default=nets.HELD_OUT_MODEL,
-                   help="the model it is compared with (default: %(default)s, one network of the committed "
-                        "recipe; the committed model trained on the validation rows, so it cannot be judged there)")
+                   help=f"the model it is compared with (default: {nets.HELD_OUT_MODEL.relative_to(ROOT)} in the "
+                        "project, one network of the committed recipe; the committed model trained on the "
+                        "validation rows, so it cannot be judged there)")
     nets.add_tta_option(p)
-    p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="prepared data (default: %(default)s)")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR,
+                   help=f"prepared data (default: {DATA_DIR.relative_to(ROOT)}/ in the project)")
     return p.parse_args(argv)
 
 

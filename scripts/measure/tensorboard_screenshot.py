@@ -5,7 +5,7 @@ other runs in results/model/runs/ are left out), drawn as one run each.
 Starts TensorBoard on 127.0.0.1, opens it in headless Chromium (Debian: apt-get install
 chromium), saves the page as a PNG and stops TensorBoard. A developer tool, not used in CI.
 
-    python scripts/tensorboard_screenshot.py
+    python scripts/measure/tensorboard_screenshot.py
 """
 import argparse
 import json

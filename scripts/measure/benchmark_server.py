@@ -1,6 +1,6 @@
 """The web app under load, beside the same work in one process, measured in one run.
 
-    python scripts/benchmark_server.py          # about a minute
+    python scripts/measure/benchmark_server.py          # about a minute
 
 1. Starts serve.py on a free port of 127.0.0.1 (its defaults: flip, TensorFlow Lite).
 2. One client posts a 640x480 face photo to POST /api/predict, one request at a time
@@ -222,7 +222,7 @@ def main(argv=None):
     check_folder(args.out)
     image, photo = face_photo()
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "command": "python scripts/benchmark_server.py " + " ".join(sys.argv[1:]), "machine": machine(),
+               "command": "python scripts/measure/benchmark_server.py " + " ".join(sys.argv[1:]), "machine": machine(),
                "clients": args.clients, "seconds": args.seconds, "tta": args.tta}
     with browser.running_server("--tta", args.tta) as (url, process):
         import httpx

@@ -8,14 +8,14 @@ Keras model that takes raw 48x48x1 pixels and returns 7 probabilities, so every 
 the TensorFlow Lite export and the web app use it unchanged; each face costs one
 classification per member.
 
-    python scripts/ensemble.py results/model/runs/{run21_refit_seed1,run22_refit_seed2,run23_refit_crop44}.pkl --no-evaluate
+    python scripts/build/ensemble.py results/model/runs/{run21_refit_seed1,run22_refit_seed2,run23_refit_crop44}.pkl --no-evaluate
 
 Each member's training record is read from the MEMBER_metrics.json that train.py wrote
 beside it. Writes the ensemble (--out) with its metrics.json (test figures per
 prediction mode and per split; validation figures unless a member trained on those rows),
-confusion matrix and architecture text. Then `python scripts/calibrate.py` folds a
+confusion matrix and architecture text. Then `python scripts/build/calibrate.py` folds a
 temperature into it (`--temperature 0.845` for the committed model, whose members trained
-on the validation rows) and `python scripts/export_tflite.py --measure` makes its fast form.
+on the validation rows) and `python scripts/build/export_tflite.py --measure` makes its fast form.
 """
 import argparse
 import json
@@ -75,7 +75,8 @@ def main(argv=None):
                for mode in nets.TTA_MODES}
         print("validation accuracy: " + ", ".join(f"{mode} {acc:.2%}" for mode, acc in val.items()), flush=True)
     nets.save_model(ensemble, out)
-    metrics = {"model": out.name, "command": " ".join(["python scripts/ensemble.py", *sys.argv[1:]]),
+    given = sys.argv[1:] if argv is None else argv  # the options this run was given, also in-process
+    metrics = {"model": out.name, "command": " ".join(["python scripts/build/ensemble.py", *map(str, given)]),
                "members": records, "val_accuracy": val["none"], "trained_on_validation": trained_on_validation,
                "val_accuracy_per_mode": val, "parameters": int(ensemble.count_params()),
                "train_wall_minutes": float(np.sum([r["train_wall_minutes"] for r in records])),

@@ -1,7 +1,7 @@
 """Compare the face detectors: how many of the labelled photos get a face, in how many
 milliseconds, and the time per frame and share of frames with a face on each video.
 
-    python scripts/measure_detectors.py
+    python scripts/measure/measure_detectors.py --media DIR
 
 Each video frame is searched at --detect-width (the live stream's setting); each photo
 as predict.py searches it. Times are medians over all frames or photos, measured one
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from expressions import SHARED_DIR, UserError, run_cli
+from expressions import UserError, run_cli
 from expressions.faces import DETECT_WIDTH, DETECTORS, FaceDetector, read_image
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--media", type=Path, default=SHARED_DIR / "media",
-                   help="folder with the videos (*.mp4) and photos/ (default: %(default)s)")
+    p.add_argument("--media", type=Path, required=True,  # test media are not the toolkit's: no default
+                   help="folder with the videos (*.mp4) and photos/")
     p.add_argument("--detect-width", type=int, default=DETECT_WIDTH,
                    help="frame width the video search runs at (default: %(default)s)")
     return p.parse_args(argv)

@@ -8,13 +8,14 @@ trained model:
      comes to FER2013's own framing;
      The same again with every enlarged face turned by 15 degrees (alternately left and
      right), as heads tilt in front of a webcam: what aligning the eyes is for;
-  2. the labelled photos in ../shared/media/photos: correct, and faces not found;
-  3. flicker on the real videos in ../shared/media: how often the top class changes from
+  2. with --media: the labelled photos in its photos/: correct, and faces not found;
+  3. with --media: flicker on its videos: how often the top class changes from
      one frame to the next (lower is steadier).
 --fit first prints FER2013's own framing as YuNet sees it on the validation faces: the
 numbers behind the aligned crop (expressions/crops.py).
 
-    python scripts/measure_crop.py --fit
+    python scripts/measure/measure_crop.py --fit
+    python scripts/measure/measure_crop.py --media DIR    # also DIR's labelled photos and videos
 """
 import argparse
 import sys
@@ -22,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from expressions import EMOTIONS, SHARED_DIR, run_cli
+from expressions import EMOTIONS, run_cli
 from expressions import crops
 from expressions import data as fer2013
 from expressions import model as nets
 from expressions import reports
 from expressions.faces import FaceDetector, read_image, to_gray
 
-MEDIA = SHARED_DIR / "media"
 # name: (detector, crop function of (gray, face), histogram equalisation)
 VARIANTS = {
     "haar, box + 0.10 margin": ("haar", lambda g, f: crops.crop_box(g, f.box, 0.1), False),
@@ -51,9 +51,10 @@ VARIANTS = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     nets.add_model_option(p, default=nets.HELD_OUT_MODEL, why=": it measures on the validation faces, which the "
-                          "committed model trained on; the README's table was measured with this network")
+                          "committed model trained on; the crop table of docs/live.md was measured with this network")
     nets.add_tta_option(p, default="flip", why="; the live stream's mode, whose crops this measures")
-    p.add_argument("--media", type=Path, default=MEDIA, help="photos/ and *.mp4 folder (default: %(default)s)")
+    p.add_argument("--media", type=Path, default=None,
+                   help="photos/ (with labels.csv) and *.mp4 folder (default: none, only the validation faces)")
     p.add_argument("--frames", type=int, default=150, help="frames read from each video (default: %(default)s)")
     p.add_argument("--fit", action="store_true", help="first print FER2013's framing as YuNet's landmarks see it")
     p.add_argument("--variants", default="",
@@ -90,12 +91,12 @@ def main(argv=None):
     if args.fit:
         fit_framing([f[0] for f in found["yunet"] if f], 192)
     photos = []
-    if (args.media / "photos" / "labels.csv").exists():
+    if args.media is not None and (args.media / "photos" / "labels.csv").exists():
         labels = pd.read_csv(args.media / "photos" / "labels.csv")
         photos = [(read_image(args.media / "photos" / f), EMOTIONS.index(e.capitalize()))
                   for f, e in zip(labels.file, labels.emotion)]
     videos = []
-    for path in sorted(args.media.glob("*.mp4")):
+    for path in sorted(args.media.glob("*.mp4")) if args.media is not None else []:
         cap, frames = cv2.VideoCapture(str(path)), []
         while len(frames) < args.frames:
             ok, frame = cap.read()

@@ -1,10 +1,13 @@
 """Rewrite the reports of a finished model: test figures (metrics.json), confusion matrix,
 learning curves, history.csv and the architecture text, the same files train.py writes
-at the end of a run (or ensemble.py, for an ensemble: no history of its own). Reads the
-model and the run's metrics.json and history.csv from the model's folder.
+at the end of a run (or ensemble.py, for an ensemble: no history of its own; its learning
+curves are its members', and a member refit on the validation rows is shown by its
+held-out twin, the run of the same recipe and seed beside it). Reads the model and the
+run's metrics.json and history.csv from the model's folder.
 
-    python scripts/report.py                          # the committed model, results/model/
-    python scripts/report.py --model results/model_w24/my_own_model.pkl
+    python scripts/build/report.py                  # the committed model, results/model/
+    python scripts/build/report.py --no-evaluate    # keep its test figures: no evaluation on test
+    python scripts/build/report.py --model results/model_w24/my_own_model.pkl
 """
 import argparse
 import json

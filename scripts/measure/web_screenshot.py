@@ -4,24 +4,24 @@ headless Chromium (Debian: apt-get install chromium) with a fake webcam fed from
 waits until the face, its emotion and a few per-second rows are shown, saves the PNGs and
 stops the server.
 
-    python scripts/web_screenshot.py
+    python scripts/measure/web_screenshot.py --video VIDEO.mp4 --photo PHOTO.jpg
 """
 import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-from expressions import RESULTS_DIR, SHARED_DIR, UserError, run_cli
+from expressions import RESULTS_DIR, UserError, run_cli
 from expressions import browser
 from expressions.outputs import atomic_path, check_folder
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--video", type=Path, default=SHARED_DIR / "media" / "fer_woman2.mp4",
-                   help="face video played as the webcam (default: %(default)s)")
-    p.add_argument("--photo", type=Path, default=SHARED_DIR / "media" / "photos" / "Ann_Veneman_0003.jpg",
-                   help="photo uploaded in the Photo tab (default: %(default)s)")
+    # Test media are not the toolkit's: no defaults (results/web/ shows the shared media's
+    # fer_woman2.mp4 and photos/Ann_Veneman_0003.jpg).
+    p.add_argument("--video", type=Path, required=True, help="face video played as the webcam")
+    p.add_argument("--photo", type=Path, required=True, help="photo uploaded in the Photo tab")
     p.add_argument("--seconds", type=float, default=6, help="seconds of webcam before the screenshot (default: %(default)s)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "web",
                    help="folder for live.png and photo.png (default: %(default)s)")

@@ -4,8 +4,8 @@ The .pkl stays the model of record (predict.py's test accuracy is the .pkl's); t
 stream and photos classify faces with MODEL.tflite when it was made from that very .pkl
 (MODEL.tflite.json records the .pkl's SHA-256).
 
-    python scripts/export_tflite.py             # results/model/my_own_model.tflite
-    python scripts/export_tflite.py --measure   # first measure every candidate runtime
+    python scripts/build/export_tflite.py             # results/model/my_own_model.tflite
+    python scripts/build/export_tflite.py --measure   # first measure every candidate runtime
 
 --measure prints, for the Keras model in a compiled tf.function and for TensorFlow Lite in
 float32, with float16 weights, with dynamic-range quantisation (int8 weights) and with full int8 quantisation
@@ -100,7 +100,7 @@ def main(argv=None):
         print(f"fastest within {MAX_LOSS_POINTS} points of the Keras model: {kind}")
     write_bytes(out, blobs[kind])
     write_json(out.with_suffix(".tflite.json"), {"source": source.name, "source_sha256": nets.file_sha256(source),
-                                                 "kind": kind, "command": " ".join(["python scripts/export_tflite.py",
+                                                 "kind": kind, "command": " ".join(["python scripts/build/export_tflite.py",
                                                                                     *sys.argv[1:]])})
     print(f"wrote {out} ({kind}, {len(blobs[kind]) / 1e6:.1f} MB) and {out.with_suffix('.tflite.json').name}")
     return 0
