@@ -43,7 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--plot", type=Path, default=None,
                    help="class-distribution figure (default: results/class_distribution.png for the default "
                         "--data-dir, else class_distribution.png in --data-dir)")
-    # The preprocessing test (faces from a video); see the video section of the README.
+    # The preprocessing test (faces from a video); see docs/live.md.
     p.add_argument("--video", type=Path, default=None,
                    help="instead of the dataset: write one 48x48 face crop per second of this video; "
                         "'demo' generates a 20-second video from a photo shipped with scikit-image")

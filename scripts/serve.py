@@ -5,7 +5,7 @@ photo and video upload, JSON for programs.
     python scripts/serve.py --port 8080
 
 The page (webcam, photo, video) and the API (GET /api/health, POST /api/predict, the
-/api/stream WebSocket, POST /api/video) are described in the README and at /docs. The
+/api/stream WebSocket, POST /api/video) are described in docs/web.md and at /docs. The
 model and the face detector are loaded once, at start. It listens on 127.0.0.1, this
 machine only, unless --host says otherwise. Ctrl-C or SIGTERM stops it cleanly: video jobs
 and requests in flight end, its temporary files are removed, exit code 0.

@@ -94,7 +94,7 @@ def parse_args(argv=None):
     p.add_argument("--strategy", choices=["default", "mirrored"], default="default",
                    help="tf.distribute strategy: one device, or MirroredStrategy over every local GPU (one "
                         "replica on a CPU-only machine); training on several machines is not supported, see "
-                        "the README (default: %(default)s)")
+                        "docs/model.md (default: %(default)s)")
     p.add_argument("--fresh", action="store_true", help="discard an interrupted run's snapshots and start over")
     p.add_argument("--no-evaluate", action="store_true",
                    help="skip the test-set evaluation and confusion matrix at the end")

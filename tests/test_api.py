@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT, SHARED, needs_shared, run_script
+from conftest import ROOT, SHARED, needs_shared, run_script, full
 from expressions import EMOTIONS, EmotionRecognizer, Face, ImageTooLarge, UserError
 from expressions.hostile import png_bomb
 from test_faces_video import astronaut_bgr, write_video
@@ -46,6 +46,7 @@ def test_a_photo_as_a_path_bytes_or_an_array_gives_the_same_faces(recognizer, tm
     assert recognizer.analyze(np.full((240, 320, 3), 128, np.uint8)) == []
 
 
+@full
 @needs_shared
 def test_analyze_gives_what_predict_py_prints_and_writes(recognizer, tmp_path):
     photos = sorted(PHOTOS.glob("*.jpg"))[:3]
@@ -62,6 +63,7 @@ def test_analyze_gives_what_predict_py_prints_and_writes(recognizer, tmp_path):
         assert f"{face.emotion} , {int(round(face.probability * 100))}%" in result.stdout
 
 
+@full
 @needs_shared
 def test_stream_gives_the_seconds_predict_live_stream_writes(tmp_path):
     result = run_script("predict_live_stream.py", "--source", VIDEO, "--max-seconds", 3, "--csv", tmp_path / "t.csv")
@@ -166,6 +168,7 @@ def readme_example():
     return found.group(1)
 
 
+@full
 @needs_shared
 def test_the_readme_example_runs_from_outside_the_repository(tmp_path):
     photo = sorted(PHOTOS.glob("*.jpg"))[0]

@@ -8,9 +8,3 @@ def test_benchmark_without_media_says_where_it_looked(tmp_path):
     assert_clean_error(result, "test media not found", str(tmp_path))
     assert not (tmp_path / "env").exists()  # nothing is installed before the inputs are checked
 
-
-def test_benchmark_help_explains_every_option():
-    result = run_script("measure/benchmark.py", "--help")
-    assert result.returncode == 0
-    for option in ("--env", "--model", "--pre-trained", "--media", "--out", "--repeats", "--latency-calls", "--train-steps"):
-        assert option in result.stdout

@@ -6,10 +6,12 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_script
+from conftest import run_script, full
 from expressions import calibration
 from expressions import data as fer2013
 from expressions import model as nets
+
+pytestmark = full  # minutes: training, the full dataset, the committed model on every test image
 
 
 def test_the_fit_recovers_a_known_temperature():

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from measure.compare_models import mcnemar_p
-from conftest import run_script
+from conftest import run_script, full
+
+pytestmark = full  # minutes: training, the full dataset, the committed model on every test image
 
 
 def test_mcnemar_exact_p_values():

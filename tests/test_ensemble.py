@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, assert_clean_error, needs_shared, run_script
+from conftest import TINY, assert_clean_error, needs_shared, run_script, full
 from expressions import UserError, calibration
 from expressions import data as fer2013
 from expressions import model as nets
+
+pytestmark = full  # minutes: training, the full dataset, the committed model on every test image
 
 
 @pytest.fixture(scope="module")

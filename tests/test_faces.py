@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED, run_script
+from conftest import SHARED, run_script, full
 from expressions import UserError, crops, faces
 from test_faces_video import LINE, astronaut_bgr, check_stream_output, grace_hopper_bgr, write_video
 
@@ -158,6 +158,7 @@ def test_a_stream_searches_every_nth_frame_and_reuses_its_faces_between(monkeypa
         EmotionReader(lambda crops: crops, detect_every=0)
 
 
+@full
 @pytest.mark.skipif(not (SHARED / "media" / "liveportrait_d6.mp4").exists(), reason="../shared/media is not here")
 def test_five_faces_at_once_keep_five_ids(tmp_path):
     from measure.benchmarking.videos import CROWD, make_crowd_video

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import SHARED, assert_clean_error, needs_shared, run_script
+from conftest import SHARED, assert_clean_error, needs_shared, run_script, full
 from expressions import EMOTIONS, PREPROCESSING_TEST_DIR
 from expressions.faces import FaceDetector
 from expressions.pipeline import FaceTracker
@@ -73,6 +73,7 @@ def test_committed_preprocessing_test():
     assert len(list(folder.glob("image*.png"))) in (20, 21)
 
 
+@full
 @needs_shared
 @pytest.mark.parametrize("video", VIDEOS, ids=lambda p: p.name)
 def test_live_stream_on_real_videos(video, tmp_path):
@@ -86,7 +87,7 @@ def test_live_stream_on_real_videos(video, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     run = json.loads((tmp_path / "run.json").read_text())
     expected_frames = min(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), int(np.ceil(MAX_SECONDS * cap.get(cv2.CAP_PROP_FPS))))
-    assert abs(run["frames"] - expected_frames) <= 1 and run["fps"] == pytest.approx(run["frames"] / run["elapsed_seconds"])
+    assert abs(run["frames"] - expected_frames) <= 1
     lines = check_stream_output(result.stdout)
     assert len({line[:9] for line in lines}) >= int(duration)  # at least one line per second
     assert sum("no face" in line for line in lines) <= 1
@@ -135,6 +136,7 @@ def test_unwritable_outputs_are_refused_before_the_stream_starts(tmp_path, optio
     assert_clean_error(run_script("predict_live_stream.py", "--save-video", tmp_path / "x.gif"), ".mp4 or .avi")
 
 
+@full
 def test_missing_and_corrupt_video(tmp_path):
     assert_clean_error(run_script("predict_live_stream.py", "--source", tmp_path / "none.mp4"), "video not found")
     corrupt = tmp_path / "corrupt.mp4"

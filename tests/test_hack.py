@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 import hack_the_cnn
-from conftest import assert_clean_error, run_script
+from conftest import assert_clean_error, run_script, full
 from expressions import EMOTIONS
 from expressions import model as nets
 from hack_the_cnn import HACK_DIR
+
+pytestmark = full  # minutes: training, the full dataset, the committed model on every test image
 
 
 def test_attack_reaches_a_chosen_target_in_every_mode_within_the_bound():

@@ -1,10 +1,7 @@
 """The shared output code: checked before the work, atomic when written, one option per idea."""
-import re
-
 import numpy as np
 import pytest
 
-from conftest import run_script
 from expressions import UserError, outputs
 
 
@@ -38,16 +35,3 @@ def test_checks_create_missing_folders_and_refuse_files(tmp_path):
 def test_unique_names():
     assert outputs.unique_names(["a/x.jpg", "b/x.png", "x-2.jpg", "y.jpg"], ".out") == \
         ["x.out", "x-2.out", "x-2-2.out", "y.out"]
-
-
-def test_every_predicting_script_has_the_same_tta_option():
-    defaults = {}
-    # (hack_the_cnn.py has none: it fools every mode at once.)
-    for script in ("predict.py", "predict_live_stream.py", "serve.py", "build/calibrate.py", "measure/measure_crop.py"):
-        result = run_script(script, "--help")
-        assert result.returncode == 0, result.stderr
-        text = " ".join(result.stdout.split())
-        assert "--tta {none,flip,flip+shift}" in text, script
-        defaults[script] = re.search(r"\(default: (none|flip\+shift|flip)[;)]", text[text.index("--tta {"):]).group(1)
-    assert defaults == {"predict.py": "flip+shift", "predict_live_stream.py": "flip", "serve.py": "flip",
-                        "build/calibrate.py": "flip", "measure/measure_crop.py": "flip"}

@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, assert_clean_error, fake_rows, needs_shared, run_script, write_kaggle_csv
+from conftest import ROOT, assert_clean_error, fake_rows, needs_shared, run_script, write_kaggle_csv, full
 from expressions import UserError
 from expressions import data as fer2013
+
+pytestmark = full  # minutes: training, the full dataset, the committed model on every test image
 
 
 def prepare(tmp_path, *extra):
@@ -192,13 +194,6 @@ def test_unwritable_data_dir_or_plot(tmp_path):
         result = run_script("preprocess.py", "--source", tmp_path / "fer2013.csv", *extra)
         assert_clean_error(result, "cannot write")
     assert not (tmp_path / "o" / "train.csv").exists()  # refused before any work
-
-
-def test_help_explains_options():
-    result = run_script("preprocess.py", "--help")
-    assert result.returncode == 0
-    for option in ("--source", "--skip-bad-rows", "--val-fraction", "--video"):
-        assert option in result.stdout
 
 
 VAL_ROWS_SHA256 = "5e0d79b8fbc56a6c"  # preprocess.py defaults: --val-fraction 0.1 --seed 42

@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED_MOBILENET as MOBILENET, assert_clean_error, needs_shared, run_script
+from conftest import SHARED_MOBILENET as MOBILENET, assert_clean_error, needs_shared, run_script, full
 from expressions import MODEL_DIR
 from expressions import model as nets
+
+pytestmark = full  # minutes: training, the full dataset, the committed model on every test image
 
 needs_weights = pytest.mark.skipif(not MOBILENET.exists(), reason=f"no ImageNet MobileNet weights at {MOBILENET}")
 

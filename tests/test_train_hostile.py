@@ -16,7 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import SCRIPTS, assert_clean_error
+from conftest import SCRIPTS, assert_clean_error, full
+
+pytestmark = full  # minutes: training, the full dataset, the committed model on every test image
 
 EPOCHS = 5
 # Relative paths: config.json records them, so a copy of the folder is the same run.

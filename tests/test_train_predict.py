@@ -14,10 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, SCRIPTS, TINY, assert_clean_error, needs_shared, run_script
+from conftest import ROOT, SCRIPTS, TINY, assert_clean_error, needs_shared, run_script, full
 from expressions import MODEL_DIR, UserError
 from expressions import data as fer2013
 from expressions import model as nets
+
+pytestmark = full  # minutes: training, the full dataset, the committed model on every test image
 
 
 @needs_shared

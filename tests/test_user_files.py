@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, run_script
+from conftest import assert_clean_error, run_script, full
 from expressions import UserError, faces, outputs
 from test_faces_video import astronaut_bgr
 
@@ -68,6 +68,7 @@ def test_outputs_never_overwrite_an_input_or_a_file_the_toolkit_did_not_write(tm
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+@full
 def test_rerun_into_the_photo_folder_replaces_its_own_outputs_and_never_reads_them(tmp_path):
     album = tmp_path / "album"
     album.mkdir()

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import SHARED, assert_clean_error, needs_shared, run_script
+from conftest import SHARED, assert_clean_error, needs_shared, run_script, full
 from expressions import EMOTIONS, VERSION
 from expressions import model as nets
 from expressions.pipeline import TIMELINE_COLUMNS, EmotionReader
@@ -208,6 +208,7 @@ def test_video_files_live_in_a_temporary_folder_removed_at_shutdown(tmp_path):
     assert not app.state.jobs.root.exists()
 
 
+@full
 def test_serve_starts_says_where_and_stops_cleanly_on_ctrl_c():
     started = time.time()
     with browser.running_server("--tta", "none") as (url, process):
@@ -221,6 +222,7 @@ def test_serve_starts_says_where_and_stops_cleanly_on_ctrl_c():
     assert startup < 60
 
 
+@full
 def test_serve_refuses_a_taken_port_and_warns_off_localhost():
     with browser.running_server() as (url, _):
         result = run_script("serve.py", "--port", url.rsplit(":", 1)[1], timeout=60)
@@ -242,6 +244,7 @@ needs_browser = pytest.mark.skipif(browser.find_chromium() is None,
                                    reason="no Chromium here (apt-get install chromium; .ci/run installs it)")
 
 
+@full
 @needs_shared
 @needs_browser
 def test_the_page_in_chromium_shows_the_webcam_face_and_reads_photos_and_videos(tmp_path):
@@ -269,6 +272,7 @@ def test_the_page_in_chromium_shows_the_webcam_face_and_reads_photos_and_videos(
     assert "No camera found" in no_camera or "refused" in no_camera
 
 
+@full
 @needs_shared
 def test_a_video_job_gives_the_seconds_predict_live_stream_gives(tmp_path):
     video = SHARED / "media" / "liveportrait_d10.mp4"  # 15 seconds

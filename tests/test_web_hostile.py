@@ -14,7 +14,7 @@ import cv2
 import httpx
 import pytest
 
-from conftest import SHARED, assert_clean_error, needs_shared, run_script
+from conftest import SHARED, assert_clean_error, needs_shared, run_script, full
 from expressions import browser
 from expressions.hostile import png_bomb
 from expressions.web import create_app
@@ -164,6 +164,7 @@ def serve(*args, env=None):
     return process, f"http://127.0.0.1:{port}"
 
 
+@full
 @needs_shared
 def test_serve_closes_slow_clients_and_stops_cleanly_on_sigterm_with_work_in_flight(tmp_path):
     env = {"TMPDIR": str(tmp_path)}  # its temporary folder lands here, to check that it goes
@@ -226,6 +227,7 @@ def test_serve_refuses_bad_limits_with_one_line_and_leaves_nothing(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@full
 @needs_browser
 def test_a_page_of_another_site_cannot_use_the_server_in_chromium(tmp_path):
     pytest.importorskip("playwright", reason="playwright is not installed (pip install -r requirements.txt)")

@@ -22,7 +22,7 @@ from . import UserError
 from . import model as nets
 from .crops import CROP_MODES
 from .faces import DETECT_EVERY, DETECT_WIDTH, DETECTORS, MAX_MEGAPIXELS, ImageTooLarge, decode_image, read_image
-from .pipeline import EmotionReader, Face, Second, StreamReader
+from .pipeline import EmotionReader, Face, StreamReader
 from .video import open_video, video_fps
 
 

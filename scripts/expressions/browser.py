@@ -1,6 +1,6 @@
 """The web app seen through a real browser: serve.py started on a free local port, and
 headless Chromium (Debian's `chromium`) with a fake webcam that plays a face video, driven
-by Playwright. Used by the browser test and by scripts/web_screenshot.py."""
+by Playwright. Used by the browser test and by scripts/measure/web_screenshot.py."""
 from __future__ import annotations
 
 import contextlib

@@ -1,7 +1,7 @@
 """The 48x48 grey crop of a face, framed like FER2013's faces: a square around the
 detector's box widened by a margin, or, for a face whose eyes are tilted, aligned on the
 landmarks (eyes level, scale and position from the eyes and the mouth). The choice was
-measured (measure_crop.py, README "The face crop")."""
+measured (scripts/measure/measure_crop.py, docs/live.md "The face crop")."""
 from __future__ import annotations
 
 import numpy as np

@@ -16,7 +16,7 @@ YUNET_BYTES = 232_589
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 DETECTORS = ("yunet", "haar")
 DETECT_WIDTH = 320  # video frames are searched at this width: YuNet finds faces of 10-300 px
-DETECT_EVERY = 2  # frames of a stream: search every Nth one, reuse its faces in between (measured: README)
+DETECT_EVERY = 2  # frames of a stream: search every Nth one, reuse its faces in between (measured: docs/live.md)
 PHOTO_SIDES = (640, 320, 160)  # a photo's longer side for the search; the smaller ones find huge faces
 
 

@@ -469,7 +469,7 @@ RUNTIMES = ("auto", "tflite", "keras")
 def add_runtime_option(parser):
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help="what classifies the faces: tflite, the TensorFlow Lite form of the model "
-                             "(MODEL.tflite, made by scripts/export_tflite.py: int8 weights, measured 7-16x "
+                             "(MODEL.tflite, made by scripts/build/export_tflite.py: int8 weights, measured 7-16x "
                              "faster per face than keras, same test accuracy); keras, the model itself; "
                              "auto, tflite when that file was made from this very model, else keras "
                              "(default: %(default)s)")
@@ -501,10 +501,10 @@ def frame_predictor(model_name, tta, runtime="auto"):
             return TFLitePredictor(path.read_bytes(), tta), "tflite"
         if runtime == "tflite":
             raise UserError(f"{path} was not made from {model_path(model_name)}: "
-                            "run `python scripts/export_tflite.py` again")
+                            "run `python scripts/build/export_tflite.py` again")
         print(f"note: {path} was not made from {model_path(model_name)}: classifying with Keras "
-              "(`python scripts/export_tflite.py` makes it again)", file=sys.stderr)
+              "(`python scripts/build/export_tflite.py` makes it again)", file=sys.stderr)
     elif runtime == "tflite":
-        raise UserError(f"no TensorFlow Lite model at {path}: run `python scripts/export_tflite.py`")
+        raise UserError(f"no TensorFlow Lite model at {path}: run `python scripts/build/export_tflite.py`")
     predict = make_predictor(load_model(model_name), tta)
     return (lambda x: predict(x).numpy()), "keras"
