@@ -55,7 +55,7 @@ def write_tiny_data(folder):
              usage_test=np.array(["PublicTest"] * 7 + ["PrivateTest"] * 7))
 
 
-def test_ensemble_and_calibrate_record_the_argv_given_to_main(tmp_path):
+def test_build_scripts_record_the_argv_given_to_main(tmp_path):
     from expressions import model as nets
     write_tiny_data(tmp_path)
     record = {"command": "python scripts/train.py", "epochs_run": 1, "kept_epoch": 1, "val_accuracy": None,
@@ -77,6 +77,11 @@ def test_ensemble_and_calibrate_record_the_argv_given_to_main(tmp_path):
     assert load_script("build/calibrate.py").main(argv) == 0
     command = json.loads((tmp_path / "calibration.json").read_text())["command"]
     assert re.fullmatch(r"python scripts/\S*calibrate\.py " + re.escape(" ".join(argv)), command), command
+
+    argv = ["--model", str(out), "--kind", "float32", "--data-dir", str(tmp_path)]
+    assert load_script("build/export_tflite.py").main(argv) == 0
+    command = json.loads(out.with_suffix(".tflite.json").read_text())["command"]
+    assert command == "python scripts/build/export_tflite.py " + " ".join(argv), command
 
 
 # ---------------------------------------------------------------- 3, 4. the preprocessing test

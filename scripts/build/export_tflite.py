@@ -86,9 +86,12 @@ def main(argv=None):
     source = nets.model_path(args.model)
     out = check_file(nets.tflite_path(args.model), "TensorFlow Lite model")
     model = nets.load_model(args.model)
-    data = fer2013.load_prepared(args.data_dir)
-    calibration = data["x_train"][np.random.default_rng(0).choice(len(data["x_train"]), 500, replace=False)]
     kinds = KINDS if args.measure else (args.kind,)
+    data = calibration = None  # the training images: int8's calibration and --measure's test rows need them
+    if args.measure or "int8" in kinds:
+        data = fer2013.load_prepared(args.data_dir)
+        x = data["x_train"]
+        calibration = x[np.random.default_rng(0).choice(len(x), min(500, len(x)), replace=False)]
     blobs = {kind: nets.to_tflite(model, kind, calibration) for kind in kinds}
     kind = args.kind
     if args.measure:
@@ -101,7 +104,7 @@ def main(argv=None):
     write_bytes(out, blobs[kind])
     write_json(out.with_suffix(".tflite.json"), {"source": source.name, "source_sha256": nets.file_sha256(source),
                                                  "kind": kind, "command": " ".join(["python scripts/build/export_tflite.py",
-                                                                                    *sys.argv[1:]])})
+                                                                                    *map(str, sys.argv[1:] if argv is None else argv)])})
     print(f"wrote {out} ({kind}, {len(blobs[kind]) / 1e6:.1f} MB) and {out.with_suffix('.tflite.json').name}")
     return 0
 

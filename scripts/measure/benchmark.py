@@ -85,7 +85,7 @@ def main(argv=None):
     pretrained = nets.load_model(pre_trained_path) if args.pre_trained != "none" and pre_trained_path.exists() else None
     detector, fer_keras, Video = load_fer()
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "command": "python scripts/measure/benchmark.py " + " ".join(sys.argv[1:]),
+               "command": "python scripts/measure/benchmark.py " + " ".join(map(str, sys.argv[1:] if argv is None else argv)),
                "fer_version": sys.modules["fer"].__version__,
                "machine": machine()}
     print("1/5 accuracy on the 7,178 test images", flush=True)

@@ -222,7 +222,7 @@ def main(argv=None):
     check_folder(args.out)
     image, photo = face_photo()
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "command": "python scripts/measure/benchmark_server.py " + " ".join(sys.argv[1:]), "machine": machine(),
+               "command": "python scripts/measure/benchmark_server.py " + " ".join(map(str, sys.argv[1:] if argv is None else argv)), "machine": machine(),
                "clients": args.clients, "seconds": args.seconds, "tta": args.tta}
     with browser.running_server("--tta", args.tta) as (url, process):
         import httpx
