@@ -150,25 +150,29 @@ def main(argv=None):
 
 def close_slow_clients(connections, timeout, seen):
     """Close HTTP connections that have taken over `timeout` seconds to send a request's
-    headers, or its body (uvicorn bounds neither). `seen` maps a connection to what it was
-    waiting for and since when. A request fully received is the server's time, not the
-    client's; an idle keep-alive connection is closed by uvicorn itself after 5 s."""
+    headers, or its body, or that have read nothing of an answer for as long (uvicorn
+    bounds none of these). `seen` maps a connection to what it was waiting for and since
+    when. A request fully received is the server's time, not the client's; an idle
+    keep-alive connection is closed by uvicorn itself after 5 s; WebSockets have their own
+    pings (20 s) and time out when not answered."""
     now = time.monotonic()
     for conn in list(connections):
-        cycle = getattr(conn, "cycle", "websocket")  # WebSockets have their own pings and timeouts
+        cycle = getattr(conn, "cycle", "websocket")
         if cycle == "websocket":
             continue
         if cycle is None or cycle.response_complete:
             waiting = ("headers", id(cycle))
         elif cycle.more_body:
             waiting = ("body", id(cycle))
+        elif getattr(getattr(conn, "flow", None), "write_paused", False):  # its buffer is full: not reading
+            waiting = ("reading", id(cycle))
         else:
             seen.pop(conn, None)
             continue
         if seen.get(conn, (None, 0))[0] != waiting:
             seen[conn] = (waiting, now)
         elif now - seen[conn][1] > timeout:
-            conn.transport.close()
+            conn.transport.abort()  # close() would wait to send what a non-reading client never takes
             seen.pop(conn, None)
     for conn in [c for c in seen if c not in connections]:
         del seen[conn]

@@ -143,6 +143,8 @@ def test_every_hostile_input_is_a_user_error_with_one_line(recognizer, tmp_path)
         (lambda: EmotionRecognizer(max_megapixels=0.01).analyze(astronaut_bgr()), ImageTooLarge, "0.01 megapixels"),
         (lambda: recognizer.analyze(text), UserError, "not an image file"),
         (lambda: recognizer.analyze(b""), UserError, "empty"),
+        (lambda: recognizer.analyze(memoryview(b"abc")), UserError, "not an image"),
+        (lambda: recognizer.analyze("a\x00b\nc.jpg"), UserError, "a\\x00b\\nc.jpg"),  # one line, escaped
         (lambda: recognizer.analyze(tmp_path / "missing.jpg"), UserError, "not found"),
         (lambda: recognizer.analyze(np.zeros((10, 10), np.float32)), UserError, "uint8"),
         (lambda: recognizer.analyze(12), UserError, "give a path"),

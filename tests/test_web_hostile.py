@@ -64,6 +64,11 @@ def test_websocket_bombs_text_frames_and_odd_names_get_one_line_answers(app_and_
         assert "60000x60000" in ws.receive_json()["error"]
         ws.send_bytes(jpeg(astronaut_bgr()))
         assert len(ws.receive_json()["faces"]) == 1  # the stream goes on
+    for tiny in (b"a", b"BM", b"abc"):  # a few bytes: every format's probe must cope
+        assert post(client, tiny, "tiny.jpg").status_code == 400
+        with client.websocket_connect(WS_URL) as ws:
+            ws.send_bytes(tiny)
+            assert "not an image" in ws.receive_json()["error"]
     odd = post(client, b"GIF89a not really", "a\x00b/../../etc/passwd.gif")
     assert odd.status_code == 400 and "\x00" not in odd.json()["detail"]
     video = client.post("/api/video", files={"video": ("clip\x00.mp4", b"junk", "video/mp4")})
@@ -103,6 +108,24 @@ def test_the_video_queue_and_its_disk_space_are_bounded(app_and_client, tmp_path
     assert app.state.jobs.disk_used() <= 4 * MB
 
 
+def test_uploads_sent_at_once_cannot_all_pass_the_queue(app_and_client):
+    app, client = app_and_client
+    jobs = app.state.jobs  # max_video_jobs=1, max_video_disk_mb=4
+    first, why = jobs.reserve(MB)  # admitted before its body is read: counted from then on
+    assert first and why is None
+    second, why = jobs.reserve(MB)
+    assert second is None and "waiting or being read" in why
+    jobs.release(first)
+    third, why = jobs.reserve(5 * MB)  # over the disk space
+    assert third is None and "space for videos" in why
+    fourth, _ = jobs.reserve(MB)
+    assert fourth
+    jobs.release(fourth)
+    chunks = (b"\0" * 1024 for _ in range(4))  # no Content-Length: it could not be reserved
+    response = client.post("/api/video", content=chunks, headers={"content-type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 411 and "Content-Length" in response.json()["detail"]
+
+
 def test_other_sites_pages_and_rebound_host_names_get_403(app_and_client):
     _, client = app_and_client
     photo = jpeg(astronaut_bgr())
@@ -122,6 +145,9 @@ def test_other_sites_pages_and_rebound_host_names_get_403(app_and_client):
     assert client.get("/", headers={"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"}).status_code == 200
     assert post(client, photo, origin="http://127.0.0.1:8000").status_code == 200  # its own page
     assert client.get("/api/health", headers={"host": "localhost:8000"}).status_code == 200
+    assert client.get("/api/health", headers={"host": "[::1]evil.example:8000"}).status_code == 403
+    two_origins = [("origin", "http://evil.example"), ("origin", "http://127.0.0.1:8000")]
+    assert client.get("/api/health", headers=httpx.Headers(two_origins)).status_code == 403
 
 
 def test_an_allowed_origin_may_use_the_api():

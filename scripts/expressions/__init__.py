@@ -54,6 +54,10 @@ class UserError(Exception):
     that is not one or is too large, a bad option, ...), with a one-line message. The
     scripts print it as `error: MESSAGE` and exit with code 1; the API raises it."""
 
+    def __init__(self, message=""):
+        # One line, whatever a file name or an upload put in it (a newline, a NUL, an escape).
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
+
 
 API = {"EmotionRecognizer": "api", "VideoStream": "api", "Frame": "api", "Face": "pipeline", "Second": "pipeline",
        "ImageTooLarge": "faces"}

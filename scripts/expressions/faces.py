@@ -41,21 +41,23 @@ def image_size(source):
     pixels; None if it is in no format known here. Pillow's format plugins read the header;
     its own "decompression bomb" check is skipped, since the caller applies its own limit."""
     import io
-    import struct
     from PIL import Image
     Image.init()
     with (io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else open(source, "rb")) as fp:
         prefix = fp.read(16)
         for name in Image.ID:
             factory, accept = Image.OPEN[name]
-            if accept is not None and accept(prefix) is not True:
-                continue
             try:
+                if accept is not None and accept(prefix) is not True:
+                    continue
                 fp.seek(0)
                 width, height = factory(fp, "").size
                 return int(width), int(height)
-            except (SyntaxError, IndexError, TypeError, ValueError, EOFError, struct.error):
-                continue  # not this format after all, as Pillow's own Image.open does
+            except OSError as err:
+                if err.errno is not None:  # the file could not be read: said as such by the caller
+                    raise
+            except Exception:  # noqa: BLE001 (a format's probe choking on bytes not its own: not this format)
+                continue
     return None
 
 

@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -120,13 +120,13 @@ class VideoJobs:
     removed when newer jobs push it out (the last `keep` finished jobs stay, fewer if the
     disk space needs it) and when the server stops. At most `max_jobs` wait or run, and all
     jobs' files together stay under `max_disk_mb`; past either a new upload is refused
-    (429) before it is stored."""
+    (429) before its body is read (reserve(), called by UploadLimit)."""
 
     def __init__(self, readers, max_megapixels=MAX_MEGAPIXELS, max_jobs=3, max_disk_mb=1000.0, keep=3):
         self.readers, self.max_megapixels = readers, max_megapixels
         self.max_jobs, self.max_disk, self.keep = max_jobs, max_disk_mb * MB, keep
         self.root = None  # made with the first upload: a server that never gets one leaves nothing behind
-        self.jobs, self.lock = {}, threading.Lock()
+        self.jobs, self.reserved, self.lock = {}, {}, threading.Lock()
         self.waiting, self.stopping, self.worker = queue.Queue(), threading.Event(), None
 
     def disk_used(self):
@@ -134,27 +134,37 @@ class VideoJobs:
             return 0
         return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
 
-    def refusal(self, upload_bytes=0):
-        """Why an upload of this size cannot be taken now, or None. Makes room first by
-        removing the oldest finished jobs."""
+    def reserve(self, upload_bytes):
+        """Admit an upload of this size before its body is read: (a reservation, None), or
+        (None, why not). The reservation counts as a job and as its bytes until start() turns
+        it into one or release() drops it, so uploads sent at the same moment cannot all pass
+        the limits. Makes room first by removing the oldest finished jobs."""
         with self.lock:
-            busy = sum(job["state"] in ("queued", "running") for job in self.jobs.values())
+            busy = sum(job["state"] in ("queued", "running") for job in self.jobs.values()) + len(self.reserved)
             if busy >= self.max_jobs:
-                return (f"{busy} videos are waiting or being read, the server's limit: send this one when one "
-                        "of them is done")
+                return None, (f"{busy} videos are waiting or being read, the server's limit: send this one when "
+                              "one of them is done")
             finished = sorted((j for j in self.jobs if self.jobs[j]["state"] in ("done", "error")),
                               key=lambda j: self.jobs[j]["created"])
-            while finished and (len(finished) > self.keep or self.disk_used() + upload_bytes > self.max_disk):
+            needed = sum(self.reserved.values()) + upload_bytes
+            while finished and (len(finished) > self.keep or self.disk_used() + needed > self.max_disk):
                 shutil.rmtree(self.jobs.pop(finished.pop(0))["folder"], ignore_errors=True)
-            if self.disk_used() + upload_bytes > self.max_disk:
-                return (f"the server's space for videos ({self.max_disk / MB:g} MB) is full: send this one when "
-                        "the videos being read are done")
-        return None
+            if self.disk_used() + needed > self.max_disk:
+                return None, (f"the server's space for videos ({self.max_disk / MB:g} MB) is full: send this one "
+                              "when the videos being read are done")
+            token = uuid.uuid4().hex
+            self.reserved[token] = upload_bytes
+            return token, None
 
-    def start(self, upload, filename, size):
-        why = self.refusal(size or 0)
-        if why:
-            raise QueueFull(why)
+    def release(self, token):
+        with self.lock:
+            self.reserved.pop(token, None)
+
+    def start(self, upload, filename, token):
+        """Store an upload admitted by reserve() and queue it; returns its job id."""
+        with self.lock:
+            if token not in self.reserved:
+                raise QueueFull("this upload was not admitted: send it again")
         if self.root is None:
             self.root = Path(tempfile.mkdtemp(prefix="expressions-serve-"))
         job_id = uuid.uuid4().hex[:12]
@@ -167,6 +177,7 @@ class VideoJobs:
         job = {"state": "queued", "frames": 0, "total_frames": 0, "progress": 0.0, "seconds": [], "fps": 0.0,
                "error": None, "annotated": True, "folder": folder, "created": time.time()}
         with self.lock:
+            self.reserved.pop(token, None)  # now a job, counted as one
             self.jobs[job_id] = job
             if self.worker is None:
                 self.worker = threading.Thread(target=self.work, name="video-jobs", daemon=True)
@@ -267,7 +278,7 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
     app = FastAPI(title="Facial expressions", version=VERSION, lifespan=lifespan,
                   description="Every face in a photo, a video or a webcam frame, and the emotion it shows "
                               "(FER2013's seven classes), from a CNN trained from scratch.")
-    limits = {"/api/predict": (max_upload_mb * MB, None), "/api/video": (max_video_mb * MB, jobs.refusal)}
+    limits = {"/api/predict": (max_upload_mb * MB, None), "/api/video": (max_video_mb * MB, jobs)}
     app.add_middleware(UploadLimit, limits=limits)
     if origins:  # their pages may read the answers
         from starlette.middleware.cors import CORSMiddleware
@@ -338,11 +349,13 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
             pass
 
     @app.post("/api/video", summary="Upload a video to read; returns a job id")
-    def video_upload(video: UploadFile = File(..., description="a video file OpenCV can decode (.mp4, .avi, ...)")):
+    def video_upload(request: Request,
+                     video: UploadFile = File(..., description="a video file OpenCV can decode (.mp4, .avi, ...)")):
         """Videos are read one at a time. When the server already holds its limit of videos
-        waiting or being read, or of disk space for them, the upload gets 429."""
+        waiting or being read, or of disk space for them, the upload gets 429 before it is
+        read; an upload without a Content-Length gets 411."""
         try:
-            return {"job": jobs.start(video.file, video.filename, video.size)}
+            return {"job": jobs.start(video.file, video.filename, request.scope.get("video_reservation"))}
         except QueueFull as err:
             raise HTTPException(429, str(err)) from None
 
@@ -401,11 +414,10 @@ def allowed_origin(origin):
 
 
 def host_name(host_header):
-    """The name or address in a Host header, without its port: 'localhost', '::1', ..."""
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    """The name or address in a Host header, without its port: 'localhost', '::1', ...;
+    '' if it is not of the form name[:port] or [IPv6][:port]."""
+    found = re.fullmatch(r"\[([0-9a-f:.]+)\](?::\d{1,5})?|([^:\[\]@/\s]+)(?::\d{1,5})?", host_header.strip().lower())
+    return (found.group(1) or found.group(2)) if found else ""
 
 
 class SameOrigin:
@@ -420,13 +432,16 @@ class SameOrigin:
     def __init__(self, app, host="127.0.0.1", origins=()):
         self.app, self.origins = app, set(origins)
         self.any_address = host in WILDCARD_HOSTS
-        self.names = LOCAL_NAMES | {host_name(host)} | {urlsplit(o).hostname for o in origins}
+        self.names = LOCAL_NAMES | {host.strip("[]").lower()} | {urlsplit(o).hostname for o in origins}
 
     def refusal(self, scope):
         headers = dict(scope.get("headers") or [])
+        named = [k for k, _ in scope.get("headers") or [] if k in (b"host", b"origin")]
+        if len(named) != len(set(named)):  # two of either: which one would a proxy believe?
+            return "a request may carry one Host and one Origin header"
         host = headers.get(b"host", b"").decode("latin-1")
         name = host_name(host)
-        if name not in self.names and not (self.any_address and is_ip_address(name)):
+        if not name or (name not in self.names and not (self.any_address and is_ip_address(name))):
             return f"Host {host[:80]!r} is not this server's address: use http://127.0.0.1 or the --host it was given"
         origin = headers.get(b"origin")
         if origin is not None:
@@ -466,22 +481,29 @@ class UploadLimit:
     one-line JSON detail: at once from its Content-Length, or, for a body sent without one,
     as soon as the bytes read pass the limit (an HTTPException, which FastAPI passes on to
     the app's handler). So an upload is never read past its limit. A path may also have a
-    `refusal(bytes)` check (the video queue): its answer gets 429 before the body is read."""
+    video queue (VideoJobs): a POST there must say its length (411), and is admitted by
+    the queue before its body is read (429 if not), its reservation held until it ends."""
 
     def __init__(self, app, limits):
         self.app, self.limits = app, limits
 
     async def __call__(self, scope, receive, send):
-        limit, refusal = self.limits.get(scope.get("path"), (None, None)) if scope["type"] == "http" else (None, None)
+        limit, queue_ = self.limits.get(scope.get("path"), (None, None)) if scope["type"] == "http" else (None, None)
         if limit is None:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
             response = JSONResponse({"detail": too_large(limit)}, status_code=413)
             return await response(scope, receive, send)
-        why = refusal(int(length) if length.isdigit() else 0) if refusal and scope["method"] == "POST" else None
-        if why:
-            return await JSONResponse({"detail": why}, status_code=429)(scope, receive, send)
+        token = None
+        if queue_ is not None and scope["method"] == "POST":
+            if not length.isdigit():
+                return await JSONResponse({"detail": "send the video with a Content-Length"},
+                                          status_code=411)(scope, receive, send)
+            token, why = queue_.reserve(int(length))
+            if why:
+                return await JSONResponse({"detail": why}, status_code=429)(scope, receive, send)
+            scope["video_reservation"] = token
         received = 0
 
         async def counted_receive():
@@ -492,7 +514,11 @@ class UploadLimit:
                 raise StarletteHTTPException(413, too_large(limit))
             return message
 
-        await self.app(scope, counted_receive, send)
+        try:
+            await self.app(scope, counted_receive, send)
+        finally:
+            if token is not None:
+                queue_.release(token)
 
 
 def too_large(limit):
