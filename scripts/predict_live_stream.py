@@ -38,10 +38,13 @@ def parse_args(argv=None):
                    help="webcam index, or a video file path or stream URL (default: %(default)s, the first webcam)")
     p.add_argument("--fallback", type=Path, default=PREPROCESSING_TEST_DIR / "input_video.mp4",
                    help="video to read when the webcam cannot be opened (default: %(default)s)")
-    nets.add_model_option(p)
-    nets.add_tta_option(p, default="flip", why="; not flip+shift as elsewhere: a stream classifies every "
-                        "face of every frame, flip costs 2 views per face instead of 10, and the per-second "
-                        "average over 25-30 frames already smooths what the extra views would")
+    nets.add_model_option(p, default="fast", why=": one network distilled from the committed ensemble for "
+                          "streams, a third of its cost, whose per-second lines name the ensemble's emotion on 96 %% "
+                          "of the shared videos' seconds (docs/live.md); own is the full ensemble, as predict.py "
+                          "reads photos")
+    nets.add_tta_option(p, default="flip", why="; not flip+shift as for photos: a stream classifies every face of "
+                        "every frame, and the per-second average over 25-30 frames already smooths what the extra "
+                        "views would")
     add_detector_option(p)
     add_crop_option(p)
     nets.add_runtime_option(p)
@@ -54,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--detect-every", type=int, default=DETECT_EVERY,
                    help="search for faces in every Nth frame and reuse the faces found in between; each "
                         "frame is still cropped and classified. 2 measured 1.3-1.7x the FPS of 1 with the same "
-                        "per-second lines within a point or two (benchmark.py) (default: %(default)s)")
+                        "per-second lines within a point or two (docs/live.md) (default: %(default)s)")
     p.add_argument("--save-video", type=Path, default=None,
                    help="annotated video (.mp4 or .avi): box, emotion, probability per face (default: none)")
     p.add_argument("--csv", type=Path, default=None,
@@ -98,6 +101,8 @@ def run(args):
             check_file(path, what)
     print("Reading video stream ...", flush=True)
     recognizer = EmotionRecognizer(args.model, args.detector, args.crop, args.tta, args.runtime)
+    print(f"classifier: {nets.model_path(args.model).name}, {args.tta} test-time augmentation, "
+          f"{recognizer.runtime_reason}", file=sys.stderr, flush=True)
     stream = open_stream(recognizer, args)
     signal.signal(signal.SIGINT, lambda signum, frame: stream.stop())  # Ctrl-C: the last second still printed
     video = VideoFile(args.save_video, stream.fps) if args.save_video else None
@@ -125,12 +130,15 @@ def run(args):
         if not timeline:
             print(f"no face found in {stream.name}: the plot {args.plot} says so", file=sys.stderr)
     video_seconds = frames / stream.fps
+    skipped = f", {stream.skipped} frames skipped to keep up" if stream.skipped else ""
     print(f"{frames} frames ({video_seconds:.1f} s of video) in {elapsed:.1f} s: {frames / elapsed:.1f} FPS, "
-          f"{video_seconds / elapsed:.1f}x real time", file=sys.stderr)
+          f"{video_seconds / elapsed:.1f}x real time{skipped}", file=sys.stderr)
     if args.json:
         write_json(args.json, {"source": stream.name, "frames": frames, "video_seconds": video_seconds,
-                               "elapsed_seconds": elapsed, "fps": frames / elapsed, "tta": args.tta,
-                               "runtime": recognizer.runtime, "detector": args.detector})
+                               "elapsed_seconds": elapsed, "fps": frames / elapsed, "skipped_frames": stream.skipped,
+                               "model": nets.model_path(args.model).name, "tta": args.tta,
+                               "runtime": recognizer.runtime, "classifier": recognizer.runtime_reason,
+                               "detector": args.detector})
     return 0
 
 

@@ -15,6 +15,11 @@ validation accuracy improves). Then the model and its reports are written to --o
 MobileNet weights (a local file given by --weights), fine-tuned freeze-then-unfreeze with
 the same data, validation protocol and reports (results/model/pre_trained_model*).
 
+--teacher MODEL distils instead: the network learns MODEL's probabilities (averaged with
+the mirror) of the training images and of warped copies of them, labelled once before
+training; with --init-from it starts from a trained network. That is how the stream's fast
+model was made (docs/live.md).
+
 Every epoch is snapshotted: a run that is killed and started again with the same
 command continues after its last complete epoch.
 
@@ -54,6 +59,19 @@ def parse_args(argv=None):
                         "half the margin, so it trains on random crops, and the 10-view prediction becomes "
                         "ten crops (default: %(default)s, the whole face)")
     p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability (default: %(default)s)")
+    p.add_argument("--teacher", default=None,
+                   help="distil: train toward this model's probabilities (own, pre_trained or a .pkl; "
+                        "averaged with its mirror image, as the stream classified) instead of the labels, with "
+                        "no label smoothing. The training images are the originals plus --teacher-copies warped "
+                        "copies of each, made once and each labelled by the teacher, and training only mirrors "
+                        "them, so the teacher has labelled exactly what the network sees; validation still scores "
+                        "the labels. Makes the stream's fast model (docs/live.md) (default: none, train on the labels)")
+    p.add_argument("--teacher-copies", type=int, default=2,
+                   help="with --teacher: warped copies of each training image (rotation, shift, zoom as in "
+                        "training on labels, no erasing) (default: %(default)s)")
+    p.add_argument("--init-from", default=None,
+                   help="start from the weights of this trained .pkl of the same network (--width, --crop-px) "
+                        "instead of random ones (default: none)")
     p.add_argument("--include-validation", action="store_true",
                    help="also train on the validation rows (all 28,709 Training rows): the final refit of a "
                         "recipe already chosen on validation. Nothing is held out, so the last epoch is kept "
@@ -106,6 +124,10 @@ def parse_args(argv=None):
         args.epochs = 50 if args.backbone == "vgg" else 10
     if args.epochs < 1 or args.batch_size < 1:
         p.error("--epochs and --batch-size must be positive")
+    if args.teacher_copies < 0:
+        p.error("--teacher-copies must be 0 or more")
+    if args.teacher:
+        args.label_smoothing = 0.0  # soft targets already
     if args.model_name is None:
         args.model_name = "my_own_model" if args.backbone == "vgg" else "pre_trained_model"
     if not (32 <= args.crop_px <= IMAGE_SIZE and args.crop_px % 2 == 0):
@@ -145,10 +167,14 @@ def main(argv=None):
         data = fer2013.subset(data, args.subset, args.seed)
     if args.include_validation:
         data = fer2013.validation_in_training(data)
+    if args.teacher:
+        nets.load_model(args.teacher)  # a missing or unsafe model is refused before the long work
+    starting = nets.load_model(args.init_from) if args.init_from else None
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
-              and not (k == "crop_px" and v == IMAGE_SIZE) and not (k == "include_validation" and not v)}
+              and not (k == "crop_px" and v == IMAGE_SIZE) and not (k in ("include_validation", "teacher") and not v)
+              and not (k == "init_from" and v is None) and not (k == "teacher_copies" and not args.teacher)}
     if args.backbone == "vgg":  # options of the pre-trained model only
         for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):
             config.pop(k)
@@ -158,7 +184,12 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     use_bf16 = args.mixed_precision == "on" or (args.mixed_precision == "auto" and training.cpu_has_bf16())
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if use_bf16 else "float32")
-    train_ds, val_ds = training.make_datasets(data, args.batch_size, args.erase_prob, args.seed, args.crop_px)
+    targets = None
+    if args.teacher:  # the images the network will see, each with the teacher's probabilities
+        data["x_train"], targets = training.teacher_labelled(data["x_train"], args.teacher, args.teacher_copies,
+                                                             args.seed)
+    train_ds, val_ds = training.make_datasets(data, args.batch_size, args.erase_prob, args.seed, args.crop_px,
+                                              targets)
     steps_per_epoch = len(data["x_train"]) // args.batch_size
     if steps_per_epoch < 1:
         raise UserError(f"{len(data['x_train'])} training images is fewer than one batch of {args.batch_size}")
@@ -184,6 +215,8 @@ def main(argv=None):
             model = run.load_checkpoint()
         else:
             model = build_network(args)
+            if starting is not None:
+                training.copy_weights(starting, model, args.init_from)
             if frozen_epochs:
                 model.get_layer("backbone").trainable = False
                 compile_phase(model, args.lr, frozen_epochs, 0, constant=True)

@@ -1,18 +1,21 @@
-"""Derive the fast form of a model for faces in frames: TensorFlow Lite with int8 weights.
+"""Derive the fast forms of a model for faces in frames: TensorFlow Lite.
 
 The .pkl stays the model of record (predict.py's test accuracy is the .pkl's); the live
-stream and photos classify faces with MODEL.tflite when it was made from that very .pkl
-(MODEL.tflite.json records the .pkl's SHA-256).
+stream and photos classify faces with its TensorFlow Lite forms when they were made from
+that very .pkl (FORM.json records the .pkl's SHA-256): the first kind is written to
+MODEL.tflite, any other to MODEL.KIND.tflite, and at start the pipeline times each form on
+the CPU it runs on and keeps the fastest (model.fastest_tflite).
 
-    python scripts/build/export_tflite.py             # results/model/my_own_model.tflite
-    python scripts/build/export_tflite.py --measure   # first measure every candidate runtime
+    python scripts/build/export_tflite.py                         # results/model/my_own_model.tflite
+    python scripts/build/export_tflite.py --model fast --kind int8 float32 dynamic
+    python scripts/build/export_tflite.py --measure               # first measure every candidate runtime
 
 --measure prints, for the Keras model in a compiled tf.function and for TensorFlow Lite in
 float32, with float16 weights, with dynamic-range quantisation (int8 weights) and with full int8 quantisation
 (calibrated on 500 training images): test accuracy on the 7,178 images with a single pass
 and with the mirror (the live stream's mode), and milliseconds per face alone (median of
-300 calls, 2 threads). The kind written is the fastest that loses at most 0.3 points of
-single-pass test accuracy against the Keras model.
+300 calls, 2 threads). Every kind that loses at most 0.3 points of single-pass test
+accuracy against the Keras model is written, the fastest here first.
 """
 import argparse
 import sys
@@ -33,13 +36,15 @@ MAX_LOSS_POINTS = 0.3
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     nets.add_model_option(p)
-    p.add_argument("--kind", choices=KINDS, default="dynamic",
-                   help="what to write without --measure: float32, float16 (half-size weights), dynamic (int8 "
-                        "weights, float activations) or int8 (weights and activations) (default: %(default)s, "
-                        "what --measure chose for the committed model)")
+    p.add_argument("--kind", choices=KINDS, nargs="+", default=["dynamic"],
+                   help="what to write without --measure, one or more of: float32, float16 (half-size weights), "
+                        "dynamic (int8 weights, float activations), int8 (weights and activations); the first "
+                        "goes to MODEL.tflite, the others to MODEL.KIND.tflite (default: dynamic, what --measure "
+                        "chose for the committed model)")
     p.add_argument("--measure", action="store_true",
-                   help="measure every runtime first (about 3 minutes) and write the fastest within "
-                        f"{MAX_LOSS_POINTS} points of the Keras model's single-pass test accuracy")
+                   help="measure every runtime first (about 3 minutes) and write every kind within "
+                        f"{MAX_LOSS_POINTS} points of the Keras model's single-pass test accuracy, the fastest "
+                        "here first")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR,
                    help="prepared data: calibration images for int8 and, with --measure, the test set "
                         "(default: %(default)s)")
@@ -84,29 +89,38 @@ def measure(model, data, blobs):
 def main(argv=None):
     args = parse_args(argv)
     source = nets.model_path(args.model)
-    out = check_file(nets.tflite_path(args.model), "TensorFlow Lite model")
+    kinds = list(KINDS) if args.measure else list(dict.fromkeys(args.kind))
+    outs = {kind: check_file(form_path(args.model, kind, first=(n == 0)), "TensorFlow Lite model")
+            for n, kind in enumerate(kinds)} if not args.measure else {}
     model = nets.load_model(args.model)
-    kinds = KINDS if args.measure else (args.kind,)
     data = calibration = None  # the training images: int8's calibration and --measure's test rows need them
     if args.measure or "int8" in kinds:
         data = fer2013.load_prepared(args.data_dir)
         x = data["x_train"]
         calibration = x[np.random.default_rng(0).choice(len(x), min(500, len(x)), replace=False)]
     blobs = {kind: nets.to_tflite(model, kind, calibration) for kind in kinds}
-    kind = args.kind
     if args.measure:
         print("| runtime | test accuracy, single pass | with the mirror | ms per face, single pass | with the "
               "mirror |\n|---|---|---|---|---|", flush=True)
         results = measure(model, data, blobs)
         floor = results["keras"]["accuracy_none"] - MAX_LOSS_POINTS / 100
-        kind = min((k for k in KINDS if results[k]["accuracy_none"] >= floor), key=lambda k: results[k]["ms_none"])
-        print(f"fastest within {MAX_LOSS_POINTS} points of the Keras model: {kind}")
-    write_bytes(out, blobs[kind])
-    write_json(out.with_suffix(".tflite.json"), {"source": source.name, "source_sha256": nets.file_sha256(source),
-                                                 "kind": kind, "command": " ".join(["python scripts/build/export_tflite.py",
-                                                                                    *map(str, sys.argv[1:] if argv is None else argv)])})
-    print(f"wrote {out} ({kind}, {len(blobs[kind]) / 1e6:.1f} MB) and {out.with_suffix('.tflite.json').name}")
+        kinds = sorted((k for k in KINDS if results[k]["accuracy_none"] >= floor), key=lambda k: results[k]["ms_none"])
+        print(f"within {MAX_LOSS_POINTS} points of the Keras model, fastest first: {', '.join(kinds)}")
+        outs = {kind: check_file(form_path(args.model, kind, first=(n == 0)), "TensorFlow Lite model")
+                for n, kind in enumerate(kinds)}
+    command = " ".join(["python scripts/build/export_tflite.py", *map(str, sys.argv[1:] if argv is None else argv)])
+    for kind, out in outs.items():
+        write_bytes(out, blobs[kind])
+        write_json(nets.record_path(out), {"source": source.name, "source_sha256": nets.file_sha256(source),
+                                           "kind": kind, "command": command})
+        print(f"wrote {out} ({kind}, {len(blobs[kind]) / 1e6:.2f} MB) and {nets.record_path(out).name}")
     return 0
+
+
+def form_path(model_name, kind, first):
+    """MODEL.tflite for the first kind written, MODEL.KIND.tflite for the others."""
+    path = nets.tflite_path(model_name)
+    return path if first else path.with_suffix(f".{kind}.tflite")
 
 
 if __name__ == "__main__":

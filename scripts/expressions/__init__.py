@@ -118,14 +118,26 @@ def import_tensorflow():
 
 
 def machine():
-    """CPU model and core count, for the machine line of reports."""
+    """CPU model, core count and AVX-family flags, for the machine line of reports and
+    benchmarks: which TensorFlow Lite form wins, and by how much, depends on the flags."""
     import platform
-    cpu = platform.processor() or platform.machine()
+    import re
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count()}
+        text = ""
+    names = re.findall(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    cpu = names[0].strip() if names else platform.processor() or platform.machine()
+    flags = set()
+    for line in re.findall(r"^flags\s*:(.*)$", text, re.MULTILINE):
+        flags.update(f for f in line.split() if re.fullmatch(r"avx\w*|amx\w*|fma|f16c", f))
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_flags": " ".join(sorted(flags))}
+
+
+def machine_line(info=None) -> str:
+    """"CPU (N cores; avx avx2 ...)", the machine line of every benchmark output, from
+    machine() or a recorded copy of it (older ones have no flags: they say so)."""
+    info = info or machine()
+    flags = info.get("cpu_flags")
+    flags = "CPU flags not recorded" if flags is None else flags or "no AVX flags"
+    return f"{info['cpu']} ({info['cores']} cores; {flags})"

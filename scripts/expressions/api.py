@@ -10,7 +10,10 @@ videos and webcams, the path predict.py, predict_live_stream.py and the web app 
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -63,7 +66,9 @@ class EmotionRecognizer:
                 raise UserError(f"{name} {value!r}: choose from {', '.join(choices)}")
         if not max_megapixels > 0:
             raise UserError(f"max_megapixels {max_megapixels}: give a positive number")
-        predict, self.runtime = nets.frame_predictor(model, tta, runtime)
+        predict, chosen = nets.frame_predictor(model, tta, runtime)
+        # What classifies the faces (keras, or tflite and its kind) and why: a line for the user.
+        self.runtime, self.runtime_reason = chosen.name, chosen.why
         self.model, self.detector, self.crop, self.tta = str(model), detector, crop, tta
         self.max_megapixels = max_megapixels
         self._lock = threading.RLock()
@@ -126,8 +131,14 @@ def checked_array(image, name, max_megapixels):
 class VideoStream:
     """The frames of a webcam or a video, read one by one (a video of any length in
     constant memory) and iterated as Frame objects. `name`, `fps` and `live` say what is
-    read; `frames` counts the frames read so far; stop() (from a signal handler, say) ends
-    the iteration: the frame already read ahead comes last, with the last second."""
+    read; `frames` counts the frames read so far and `skipped` those a live source delivered
+    while the pipeline was busy (it skips to the newest frame rather than fall behind);
+    stop() (from a signal handler, say) ends the iteration: the frame already read ahead
+    comes last, with the last second.
+
+    Two stages run side by side, so that two cores do two things at once: a thread decodes
+    each frame and searches it for faces, while the iterating thread crops, classifies and
+    follows the faces of the frame before. The frames keep their order."""
 
     def __init__(self, recognizer, source, realtime, max_seconds, detect_every, detect_width):
         if detect_every < 1 or detect_width < 16:
@@ -145,7 +156,7 @@ class VideoStream:
         if self.capture is None:
             raise UserError(f"no webcam at index {source}" if self.live else
                             f"cannot read video {source}: not a video OpenCV can decode")
-        self.fps, self.frames, self.stopped = video_fps(self.capture), 0, False
+        self.fps, self.frames, self.skipped, self.stopped = video_fps(self.capture), 0, 0, False
 
     def stop(self):
         self.stopped = True
@@ -154,31 +165,110 @@ class VideoStream:
         wall_clock = self.live or self.realtime
         started = time.time()
         reader = self.recognizer.stream_reader(self.detect_every, self.detect_width, started if wall_clock else None)
+        located = queue.Queue(maxsize=4)  # (image, t, faces) in order, then None; or the stage's exception
+        halt = threading.Event()
+        stage = threading.Thread(target=self._locate_faces, args=(reader.read_faces, located, halt, started),
+                                 name="expressions-locate", daemon=True)
+        stage.start()
         frame = None  # each frame is handed out once the next one is read: the last one carries the last second
         try:
             while True:
-                image = None if self.stopped else self._next_image(started)
-                if image is None:
+                item = located.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
                     if frame is not None:
                         yield replace(frame, seconds=frame.seconds + reader.finish())
                     return
                 if frame is not None:
                     yield frame
-                t = (time.time() - started) if wall_clock else self.frames / self.fps
-                faces, ended = reader.read(image, t)
+                image, t, faces_found = item
+                faces, ended = reader.read(image, t, faces_found)
                 frame = Frame(self.frames, t, image, faces, ended)
                 self.frames += 1
         finally:
+            halt.set()
+            while stage.is_alive():  # it may wait to put a frame: make room until it sees `halt`
+                with contextlib.suppress(queue.Empty):
+                    located.get(timeout=0.05)
             self.capture.release()
 
-    def _next_image(self, started):
-        ok, image = self.capture.read()
-        if not ok:
-            return None
-        t_video = self.frames / self.fps
-        if self.realtime and not self.live:  # play the file at its own speed
-            time.sleep(max(0.0, t_video - (time.time() - started)))
-        t = (time.time() - started) if (self.live or self.realtime) else t_video
-        if self.max_seconds is not None and t >= self.max_seconds:
-            return None
-        return image
+    def _locate_faces(self, read_faces, located, halt, started):
+        """The first stage, in its own thread: decode each frame and find its faces."""
+        item = None
+        try:
+            images = self._newest_images(started, halt) if (self.live or self.realtime) else self._file_images()
+            for image, t in images:
+                if halt.is_set() or self.stopped or (self.max_seconds is not None and t >= self.max_seconds):
+                    break
+                put_unless(located, (image, t, read_faces.locate(image)), halt)
+        except Exception as err:  # handed to the iterating thread, which raises it
+            item = err
+        put_unless(located, item, halt)
+
+    def _file_images(self):
+        """Every frame of a file, timed by its position."""
+        n = 0
+        while True:
+            ok, image = self.capture.read()
+            if not ok:
+                return
+            yield image, n / self.fps
+            n += 1
+
+    def _newest_images(self, started, halt):
+        """A live source (or a file paced like one) read as fast as it delivers by a thread
+        of its own; each image handed out is the newest, timed by the wall clock. A frame
+        that arrives before the last one was taken replaces it (counted in `skipped`)."""
+        newest, finished = threading.Condition(), threading.Event()
+        slot = {"item": None, "done": False, "error": None}
+
+        def grab():
+            n = 0
+            try:
+                while not (halt.is_set() or finished.is_set() or self.stopped):
+                    ok, image = self.capture.read()
+                    if not ok:
+                        break
+                    if not self.live:  # play the file at its own speed
+                        time.sleep(max(0.0, n / self.fps - (time.time() - started)))
+                    n += 1
+                    with newest:
+                        if slot["item"] is not None:
+                            self.skipped += 1
+                            if self.skipped == 1:
+                                print(f"note: {self.name} delivers frames faster than they can be read: "
+                                      "skipping to the newest frame", file=sys.stderr, flush=True)
+                        slot["item"] = (image, time.time() - started)
+                        newest.notify()
+            except Exception as err:
+                slot["error"] = err
+            finally:
+                with newest:
+                    slot["done"] = True
+                    newest.notify()
+
+        grabber = threading.Thread(target=grab, name="expressions-grab", daemon=True)
+        grabber.start()
+        try:
+            while True:
+                with newest:
+                    while slot["item"] is None and not slot["done"] and not halt.is_set():
+                        newest.wait(0.1)
+                    item, slot["item"] = slot["item"], None
+                if item is None:
+                    if slot["error"] is not None:
+                        raise slot["error"]
+                    return
+                yield item
+        finally:
+            finished.set()
+            grabber.join()
+
+
+def put_unless(q, item, halt):
+    """Put `item` in a bounded queue, waiting for room unless `halt` is set."""
+    while not halt.is_set():
+        with contextlib.suppress(queue.Full):
+            q.put(item, timeout=0.05)
+            return

@@ -4,10 +4,12 @@ Both networks take raw 48x48x1 grey pixels 0..255 (scaling happens inside the mo
 return 7 class probabilities, so every script treats them alike."""
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,8 @@ from .outputs import atomic_path
 
 MODEL_PATH = MODEL_DIR / "my_own_model.pkl"
 # Short names for the committed models, accepted wherever a model path is.
-MODEL_ALIASES = {"own": MODEL_PATH, "pre_trained": MODEL_DIR / "pre_trained_model.pkl"}
+MODEL_ALIASES = {"own": MODEL_PATH, "pre_trained": MODEL_DIR / "pre_trained_model.pkl",
+                 "fast": MODEL_DIR / "fast_model.pkl"}
 # The committed model trained on the validation rows too, so figures on them cannot judge it.
 # This network of its recipe did not: the default model of the scripts that measure there.
 HELD_OUT_MODEL = MODEL_DIR / "runs" / "run3b.pkl"
@@ -125,6 +128,7 @@ def model_path(name) -> Path:
 COMMITTED_SHA256 = {
     "my_own_model.pkl": "2241f078b09e041301a3d43f0972d5b27e097557bcee079d76d360eb98e1bc49",
     "pre_trained_model.pkl": "f3e2dce0eaadc7877349a9649d3633b500bf9cf474cf936316fba103605d9a85",
+    "fast_model.pkl": "3348acf65ace44e217603be783b6b8e7e9638feb23dcc15935ba8ed6a092d18b",
 }
 
 
@@ -431,13 +435,16 @@ def to_tflite(model, kind="dynamic", calibration=None):
 class TFLitePredictor:
     """Like make_predictor's function, on a TensorFlow Lite model: uint8/float images
     [n,48,48,1] -> probabilities [n,7], averaged over the views of `tta`. One interpreter
-    per predictor (not thread-safe: give each thread its own)."""
+    per predictor (not thread-safe: give each thread its own). xnnpack=False runs
+    TensorFlow Lite's own kernels instead of the XNNPACK delegate."""
 
-    def __init__(self, content: bytes, tta=DEFAULT_TTA, threads=2):
+    def __init__(self, content: bytes, tta=DEFAULT_TTA, threads=1, xnnpack=True):
         tf, _ = import_tensorflow()
+        options = {} if xnnpack else {"experimental_op_resolver_type":
+                                      tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
         with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated": it still works in TF 2.21
             warnings.simplefilter("ignore")
-            self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads)
+            self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads, **options)
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.output = self.interpreter.get_output_details()[0]["index"]
         self.tta, self.batch = tta, None
@@ -468,43 +475,173 @@ RUNTIMES = ("auto", "tflite", "keras")
 
 def add_runtime_option(parser):
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                        help="what classifies the faces: tflite, the TensorFlow Lite form of the model "
-                             "(MODEL.tflite, made by scripts/build/export_tflite.py: int8 weights, measured 7-16x "
-                             "faster per face than keras, same test accuracy); keras, the model itself; "
-                             "auto, tflite when that file was made from this very model, else keras "
-                             "(default: %(default)s)")
+                        help="what classifies the faces: tflite, the TensorFlow Lite forms of the model "
+                             "(MODEL.tflite and MODEL.KIND.tflite, made by scripts/build/export_tflite.py: "
+                             "float32, int8 weights or int8 throughout), each with and without XNNPACK, timed "
+                             "on this CPU at start (a fraction of a second) and the fastest kept: which one wins "
+                             "depends on the CPU (int8 where it has AVX-512 VNNI); keras, the model itself "
+                             "(7-16x slower per face); auto, tflite when such a file was made from this very "
+                             "model, else keras (default: %(default)s)")
 
 
-def tflite_record(model_name) -> dict:
-    """What export_tflite.py recorded beside the TensorFlow Lite form (source .pkl's
+def record_path(form: Path) -> Path:
+    """What export_tflite.py recorded beside a TensorFlow Lite form: FORM.json."""
+    return form.with_name(form.name + ".json")
+
+
+def tflite_record(model_name, form=None) -> dict:
+    """What export_tflite.py recorded beside a TensorFlow Lite form (the source .pkl's
     SHA-256, kind, command); {} when missing or unreadable."""
     import json
     try:
-        return json.loads(tflite_path(model_name).with_suffix(".tflite.json").read_text())
+        return json.loads(record_path(form or tflite_path(model_name)).read_text())
     except (OSError, ValueError):
         return {}
 
 
+def tflite_forms(model_name) -> list:
+    """[(kind, path)] of the TensorFlow Lite forms beside a model (MODEL.tflite, MODEL.KIND.tflite)
+    that were made from this very .pkl, MODEL.tflite first."""
+    source = model_path(model_name)
+    paths = [tflite_path(model_name)] + sorted(source.parent.glob(f"{source.stem}.*.tflite"))
+    sha, forms = None, []
+    for path in paths:
+        record = tflite_record(model_name, path) if path.is_file() else {}
+        if record:
+            sha = sha or file_sha256(source)
+            if record.get("source_sha256") == sha:
+                forms.append((record.get("kind", "?"), path))
+    return forms
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What classifies the faces, and why: `name` (keras, or tflite KIND) and a one-line
+    reason with the timings it was chosen by. str() gives the name."""
+    name: str
+    why: str
+
+    def __str__(self):
+        return self.name
+
+
+def per_face_ms(predict, calls=15, beaten_ms=None, faces=1):
+    """Median milliseconds per face of a call on `faces` faces, after warm-up calls; a
+    candidate whose warm-up already takes 3x `beaten_ms` is not timed further (its warm-up
+    time is returned)."""
+    import time
+    face = np.tile(np.arange(IMAGE_SIZE, dtype=np.uint8)[None, :, None] * 5, (faces, IMAGE_SIZE, 1, 1))
+    predict(face)
+    start = time.perf_counter()
+    predict(face)
+    warm = (time.perf_counter() - start) * 1000
+    if beaten_ms is not None and warm > 3 * beaten_ms:
+        return warm
+    predict(face)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        predict(face)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1000 / faces
+
+
+def fastest_tflite(forms, tta):
+    """The fastest form on this CPU, with or without XNNPACK: each is timed on one face with
+    a single view (the views of `tta` cost alike for all) the first time this set of forms
+    runs on this kind of CPU, and the choice is remembered (runtime_cache()), so that later
+    runs start at once and classify alike. Returns (predictor, Runtime)."""
+    import json
+    from datetime import date
+    contents = {kind: path.read_bytes() for kind, path in forms}
+    if len(contents) == 1:
+        kind, content = next(iter(contents.items()))
+        return TFLitePredictor(content, tta), Runtime(f"tflite {kind}", f"tflite {kind}: the only TensorFlow Lite form")
+    import hashlib
+    key = cpu_line() + " | " + " ".join(sorted(hashlib.sha256(c).hexdigest()[:16] for c in contents.values()))
+    cache = runtime_cache()
+    try:
+        known = json.loads(cache.read_text()) if cache else {}
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    choice = known.get(key)
+    if not usable_choice(choice, contents):  # not measured yet here, or a damaged cache: measure
+        timings = {}
+        for kind, content in contents.items():
+            for xnnpack in (True, False):
+                best = min(timings.values(), default=None)
+                timings[kind + ("" if xnnpack else " builtin")] = per_face_ms(
+                    TFLitePredictor(content, "none", xnnpack=xnnpack), beaten_ms=best)
+        name = min(timings, key=timings.get)
+        choice = {"kind": name.split()[0], "xnnpack": not name.endswith("builtin"), "timings": timings,
+                  "measured": date.today().isoformat()}
+        if cache:
+            known[key] = choice
+            with contextlib.suppress(OSError):  # a read-only home: measured again next time
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(cache, json.dumps(known, indent=1).encode())
+    kind, xnnpack, timings = choice["kind"], choice["xnnpack"], choice["timings"]
+    chosen = kind + ("" if xnnpack else " builtin")
+    others = ", ".join(f"{k} {t:.2f}" for k, t in sorted(timings.items(), key=lambda kv: kv[1]) if k != chosen)
+    name = f"tflite {kind}" + ("" if xnnpack else " (builtin kernels)")
+    why = (f"{name}: {timings[chosen]:.2f} ms per face and view, the fastest form on this CPU when measured on "
+           f"{choice['measured']} (then {others} ms; XNNPACK unless builtin); {cpu_line()}")
+    return TFLitePredictor(contents[kind], tta, xnnpack=xnnpack), Runtime(name, why)
+
+
+def usable_choice(choice, contents):
+    try:
+        chosen = choice["kind"] + ("" if choice["xnnpack"] else " builtin")
+        return (choice["kind"] in contents and chosen in choice["timings"] and isinstance(choice["measured"], str)
+                and all(isinstance(v, (int, float)) for v in choice["timings"].values()))
+    except (TypeError, KeyError, AttributeError):
+        return False
+
+
+def runtime_cache():
+    """Where the runtime chosen for each CPU and model is remembered: $EXPRESSIONS_CACHE or
+    ~/.cache/expressions, file runtimes.json; None when there is no home to write to."""
+    import os
+    folder = os.environ.get("EXPRESSIONS_CACHE") or (
+        os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "expressions"))
+    return None if folder.startswith("~") else Path(folder) / "runtimes.json"
+
+
+def write_atomically(path, content: bytes):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(content)
+
+
+def cpu_line():
+    """CPU model, cores and AVX flags, for the line that says why a runtime was chosen."""
+    from . import machine_line
+    return machine_line()
+
+
 def frame_predictor(model_name, tta, runtime="auto"):
-    """The classifier of the face pipeline: the TensorFlow Lite form beside the model when
-    runtime is tflite, or auto and that file was derived from this very model (its
-    .tflite.json records the .pkl's SHA-256); else the Keras model in a tf.function.
-    Returns (predict function returning numpy, the runtime used).
+    """The classifier of the face pipeline: with runtime tflite, or auto when TensorFlow Lite
+    forms made from this very model lie beside it (their .json records the .pkl's SHA-256),
+    the fastest of them on this CPU (fastest_tflite); else the Keras model in a tf.function.
+    Returns (predict function returning numpy, Runtime).
 
     The .tflite bytes go to TensorFlow Lite without load_model's checks: a flatbuffer holds
     ops and weights, no Python code to run (see load_model on what a model file may do)."""
     path = tflite_path(model_name)
     if not model_path(model_name).exists():
         load_model(model_name)  # the one-line "model not found" error
-    if runtime in ("auto", "tflite") and path.exists():
-        if tflite_record(model_name).get("source_sha256") == file_sha256(model_path(model_name)):
-            return TFLitePredictor(path.read_bytes(), tta), "tflite"
-        if runtime == "tflite":
+    if runtime in ("auto", "tflite"):
+        forms = tflite_forms(model_name)
+        if forms:
+            return fastest_tflite(forms, tta)
+        if runtime == "tflite" and path.exists():
             raise UserError(f"{path} was not made from {model_path(model_name)}: "
                             "run `python scripts/build/export_tflite.py` again")
-        print(f"note: {path} was not made from {model_path(model_name)}: classifying with Keras "
-              "(`python scripts/build/export_tflite.py` makes it again)", file=sys.stderr)
-    elif runtime == "tflite":
-        raise UserError(f"no TensorFlow Lite model at {path}: run `python scripts/build/export_tflite.py`")
+        if runtime == "tflite":
+            raise UserError(f"no TensorFlow Lite model at {path}: run `python scripts/build/export_tflite.py`")
+        if path.exists():
+            print(f"note: {path} was not made from {model_path(model_name)}: classifying with Keras "
+                  "(`python scripts/build/export_tflite.py` makes it again)", file=sys.stderr)
     predict = make_predictor(load_model(model_name), tta)
-    return (lambda x: predict(x).numpy()), "keras"
+    return (lambda x: predict(x).numpy()), Runtime("keras", "keras: the model itself (runtime keras, or no "
+                                                            "TensorFlow Lite form made from it)")

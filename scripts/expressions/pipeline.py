@@ -31,10 +31,18 @@ class EmotionReader:
 
     def __call__(self, frame, still=False):
         """Returns (faces, crops uint8 [n,48,48], probabilities [n,7])."""
+        return self.classify(frame, self.locate(frame, still))
+
+    def locate(self, frame, still=False):
+        """The faces of a frame: searched, or those of the last search (see detect_every).
+        A stream may run this stage in another thread than classify()."""
         if still or self.frames % self.detect_every == 0 or frame.shape[:2] != self.shape:
             self.faces = self.detector.detect(frame, still)
         self.frames, self.shape = self.frames + 1, frame.shape[:2]
-        faces = self.faces
+        return self.faces
+
+    def classify(self, frame, faces):
+        """(faces, crops uint8 [n,48,48], probabilities [n,7]) of faces located in a frame."""
         if not faces:
             return [], np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8), np.zeros((0, len(EMOTIONS)), np.float32)
         gray = to_gray(frame)
@@ -211,11 +219,14 @@ class StreamReader:
         self.read_faces, self.clock, self.tracker = read_faces, clock, FaceTracker()
         self.summary, self.second = SecondSummary(), None
 
-    def read(self, frame, t):
+    def read(self, frame, t, located=None):
         """The frame at t seconds -> (its faces with ids, [the Second that ended] when this
-        frame began a new second, else [])."""
+        frame began a new second, else []). `located`: the faces read_faces.locate() found
+        in this frame, when another thread ran that stage; None runs it here."""
         ended = self._close(int(t))
-        found, _, proba = self.read_faces(frame)
+        if located is None:
+            located = self.read_faces.locate(frame)
+        found, _, proba = self.read_faces.classify(frame, located)
         boxes = [f.box for f in found]
         ids = self.tracker.update(boxes, t)
         self.summary.add(ids, boxes, proba)

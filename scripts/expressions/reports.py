@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from . import ROOT, UserError, plots
+from . import ROOT, UserError, machine_line, plots
 from .model import DEFAULT_TTA, TTA_MODES, classification_report, model_path, predict_in_batches
 from .outputs import write_json, write_text
 
@@ -172,8 +172,7 @@ def run_lines(metrics):
         run.append(f"batch-norm pass (statistics recomputed on the un-augmented training images): validation "
                    f"accuracy {bn['val_accuracy_moving_averages']:.2%} -> {bn['val_accuracy_recomputed']:.2%}, "
                    f"{'kept' if bn['kept'] else 'not kept'}")
-    run.append(f"training wall time: {metrics['train_wall_minutes']:.1f} min on {metrics['machine']['cores']} CPU cores "
-               f"({metrics['machine']['cpu']})")
+    run.append(f"training wall time: {metrics['train_wall_minutes']:.1f} min on {machine_line(metrics['machine'])}")
     return run
 
 

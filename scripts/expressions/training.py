@@ -70,11 +70,18 @@ def _whole_pixels(n, k):
     return tf.cast(tf.random.uniform([n], -k, k + 1, dtype=tf.int32), tf.float32)
 
 
-def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE):
-    """Shuffled, augmented training batches and plain validation batches, one-hot labels."""
+def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE, train_targets=None):
+    """Shuffled, augmented training batches and plain validation batches, one-hot labels.
+    With `train_targets` (a teacher's probabilities [n,7] of exactly these images) the
+    training images are only mirrored: the teacher's probabilities average the mirror, so
+    they still hold, where a warp or an erased patch would change what the teacher says."""
     import tensorflow as tf
     n_classes = len(EMOTIONS)
     y_train = np.eye(n_classes, dtype=np.float32)[data["y_train"].astype(int)]
+    augment = make_augment(erase_prob, crop_px=crop_px)
+    if train_targets is not None:
+        y_train = np.asarray(train_targets, np.float32)
+        augment = make_augment(0.0, max_rotation_deg=0.0, max_shift=0.0, zoom=0.0, crop_px=crop_px)
     y_val = np.eye(n_classes, dtype=np.float32)[data["y_val"].astype(int)]
 
     def to_ds(x, y, train):
@@ -84,10 +91,39 @@ def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE):
         ds = ds.batch(batch_size, drop_remainder=train)
         ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
         if train:
-            ds = ds.map(make_augment(erase_prob, crop_px=crop_px), num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     return to_ds(data["x_train"], y_train, True), to_ds(data["x_val"], y_val, False)
+
+
+def teacher_labelled(x, teacher, copies, seed, batch_size=256):
+    """The images for distillation: x followed by `copies` warped copies of it (rotation,
+    shift, zoom as in training; made once, seeded), and the teacher's probabilities of each
+    (its fastest form, averaged with the mirror)."""
+    import tensorflow as tf
+    from .model import frame_predictor
+    tf.random.set_seed(seed)
+    warp = make_augment(0.0)
+    images = [x]
+    for _ in range(copies):
+        images.append(np.concatenate([
+            np.clip(np.round(warp(tf.constant(x[i:i + batch_size], tf.float32), None)[0].numpy()), 0, 255)
+            .astype(np.uint8) for i in range(0, len(x), batch_size)]))
+    images = np.concatenate(images)
+    predict, runtime = frame_predictor(teacher, "flip")
+    print(f"labelling {len(images):,} images ({copies} warped copies of each) with {teacher} ({runtime})", flush=True)
+    targets = np.concatenate([predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return images, targets.astype(np.float32)
+
+
+def copy_weights(source, model, name):
+    """Start `model` from the weights of `source`, a trained network of the same shape."""
+    shapes = [w.shape for w in source.get_weights()]
+    if shapes != [w.shape for w in model.get_weights()]:
+        raise UserError(f"--init-from {name} is not this network (other --width or --crop-px): its weights "
+                        "do not fit")
+    model.set_weights(source.get_weights())
 
 
 # ---------------------------------------------------------------- optimizer

@@ -59,43 +59,49 @@ class Recognizers:
     `images` bounds the decoded images alive at once (a request holds it from decoding to
     its answer), so memory stays flat however many clients send at once."""
 
-    def __init__(self, size, model, detector, tta, crop, runtime):
+    def __init__(self, size, model, detector, tta, crop, runtime, stream_model="fast"):
         if size < 1:
             raise UserError(f"--pipelines {size}: give 1 or more")
-        self.size, self.pool = size, queue.Queue()
+        self.size, self.pool, self.stream_pool = size, queue.Queue(), queue.Queue()
+        # Streams (WebSockets, video jobs) classify with the stream's model, as predict_live_stream.py does.
+        same = nets.model_path(stream_model).resolve() == nets.model_path(model).resolve()
         for _ in range(size):
             recognizer = EmotionRecognizer(model, detector, crop, tta, runtime)
             self.pool.put(recognizer)
-        self.runtime, self.first = recognizer.runtime, recognizer
+            streamer = recognizer if same else EmotionRecognizer(stream_model, detector, crop, tta, runtime)
+            self.stream_pool.put(streamer)
+        self.runtime, self.stream_runtime, self.first = recognizer.runtime, streamer.runtime, streamer
         self.images = threading.BoundedSemaphore(size)
 
     @contextlib.contextmanager
-    def borrow(self):
-        recognizer = self.pool.get()
+    def borrow(self, pool=None):
+        pool = pool or self.pool
+        recognizer = pool.get()
         try:
             yield recognizer
         finally:
-            self.pool.put(recognizer)
+            pool.put(recognizer)
 
     def analyze(self, image):
         with self.borrow() as recognizer:
             return recognizer.analyze(image)
 
-    def classify(self, crops):
-        with self.borrow() as recognizer:
+    def classify_stream(self, crops):
+        with self.borrow(self.stream_pool) as recognizer:
             return recognizer.classify(crops)
 
     def stream_reader(self, clock=None):
         """A stream's own face search and ids (as predict_live_stream.py's), classifying with the pool."""
-        return self.first.stream_reader(clock=clock, classify=self.classify)
+        return self.first.stream_reader(clock=clock, classify=self.classify_stream)
 
     def close(self, timeout=30.0):
         """Wait until every recognizer is back, so that no thread is inside TensorFlow Lite
         when the process exits (that aborted the process, exit 134)."""
         deadline = time.monotonic() + timeout
         with contextlib.suppress(queue.Empty):
-            for _ in range(self.size):
-                self.pool.get(timeout=max(0.0, deadline - time.monotonic()))
+            for pool in (self.pool, self.stream_pool):
+                for _ in range(self.size):
+                    pool.get(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def shown_name(filename, default="the upload"):
@@ -259,15 +265,18 @@ class VideoJobs:
 
 def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto", runtime="auto",
                max_upload_mb=10.0, max_video_mb=200.0, pipelines=2, max_megapixels=MAX_MEGAPIXELS,
-               max_video_jobs=3, max_video_disk_mb=1000.0, host="127.0.0.1", allow_origins=()):
+               max_video_jobs=3, max_video_disk_mb=1000.0, host="127.0.0.1", allow_origins=(), stream_model="fast"):
     """The FastAPI app; the model and the detector are loaded here, once. `host` is the
     address the server listens on (Host headers naming it are answered); `allow_origins`
-    are web origins (scheme://host[:port]) of other sites whose pages may use the API."""
+    are web origins (scheme://host[:port]) of other sites whose pages may use the API.
+    Photos are read with `model`; streams (the WebSocket, video jobs) with `stream_model`, as
+    predict_live_stream.py reads them."""
     origins = [allowed_origin(o) for o in allow_origins]
-    readers = Recognizers(pipelines, model, detector, tta, crop, runtime)
+    readers = Recognizers(pipelines, model, detector, tta, crop, runtime, stream_model)
     jobs = VideoJobs(readers, max_megapixels, max_video_jobs, max_video_disk_mb)
     info = {"status": "ok", "model": nets.model_path(model).name, "detector": detector, "tta": tta,
-            "runtime": readers.runtime, "version": VERSION}
+            "runtime": readers.runtime, "stream_model": nets.model_path(stream_model).name,
+            "stream_runtime": readers.stream_runtime, "version": VERSION}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

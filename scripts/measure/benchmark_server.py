@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expressions import RESULTS_DIR, UserError, machine, run_cli
+from expressions import RESULTS_DIR, UserError, machine, machine_line, run_cli
 from expressions import browser
 from expressions.hostile import png_bomb, slow_client
 from expressions import model as nets
@@ -185,7 +185,7 @@ class InProcess:
 
 def write_markdown(r, path):
     lone, loaded, local, mixed = r["one_client"], r["load"], r["in_process"], r["load_beside_hostile"]
-    lines = [f"Measured {r['date']} on {r['machine']['cpu']} ({r['machine']['cores']} cores), by `{r['command']}`; "
+    lines = [f"Measured {r['date']} on {machine_line(r['machine'])}, by `{r['command']}`; "
              f"POST /api/predict with a 640x480 JPEG of one face, prediction mode {r['tta']}, "
              f"runtime {r['runtime']}.", "",
              "| | requests | per second | p50 ms | p95 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expressions import UserError, run_cli
+from expressions import UserError, machine_line, run_cli
 from expressions.faces import DETECT_WIDTH, DETECTORS, FaceDetector, read_image
 
 
@@ -52,6 +52,7 @@ def main(argv=None):
             if not ok:
                 break
             frames[video.name].append(frame)
+    print(f"Measured on {machine_line()}.\n")  # the times depend on the CPU and its flags
     print(f"| detector | photos with a face ({len(photos)}) | ms per photo | "
           + " | ".join(f"{name} ({f[0].shape[1]}x{f[0].shape[0]}): frames with a face, ms per frame"
                        for name, f in frames.items()) + " |")

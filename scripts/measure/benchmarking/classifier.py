@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 
+from expressions import UserError
 from expressions import data as fer2013
 from expressions import model as nets
 
@@ -48,17 +49,37 @@ def timed(fn, calls):
     return np.array(times)
 
 
-def latency(model, model_name, pretrained, detector, fer_keras, calls):
-    """Milliseconds per face: batch of 1, and per face in a batch of 64."""
+TTA_WORDS = {"none": "single pass", "flip": "mirror", "flip+shift": "10 views"}
+
+
+def stream_classifiers(stream_model, stream_tta):
+    """{name: predict} of the live stream's classifiers as it runs them (frame_predictor,
+    with the TensorFlow Lite form fastest on this CPU): the default stream's, and the full
+    ensemble's with the mirror (the stream's default before the fast model) and single pass.
+    A model not made yet is left out, with a note."""
+    out = {}
+    for prefix, model_name, tta in (("default stream: ", stream_model, stream_tta), ("full ensemble, ", "own", "flip"),
+                                    ("full ensemble, ", "own", "none")):
+        try:
+            predict, runtime = nets.frame_predictor(model_name, tta, "auto")
+        except UserError as err:
+            print(f"  note: {prefix}{model_name} left out of the latency table: {err}", flush=True)
+            continue
+        what = f"{model_name} model, " if prefix.startswith("default") else ""
+        out[f"{prefix}{what}{TTA_WORDS[tta]} ({runtime})"] = predict
+    return out
+
+
+def latency(model, pretrained, detector, fer_keras, calls, stream_model="fast", stream_tta="flip"):
+    """Milliseconds per face: batch of 1, and per face in a batch of 64. The stream's
+    classifiers (stream_classifiers), our model in Keras with each test-time augmentation,
+    the pre-trained one's, and fer's."""
     faces = fer2013.load_prepared()["x_test"][:64]
     fer_faces = fer_preprocess(faces[..., 0])
-    candidates = {f"ours, {mode}": nets.make_predictor(model, mode) for mode in nets.TTA_MODES}
-    nets.frame_predictor(model_name, "none", "tflite")  # the stream's classifier: one line if missing or stale
-    content = nets.tflite_path(model_name).read_bytes()
-    kind = nets.tflite_record(model_name)["kind"]
-    candidates.update({f"ours, TFLite {kind}, {mode}": nets.TFLitePredictor(content, mode) for mode in nets.TTA_MODES})
+    candidates = stream_classifiers(stream_model, stream_tta)
+    candidates.update({f"ours (Keras), {mode}": nets.make_predictor(model, mode) for mode in nets.TTA_MODES})
     if pretrained is not None:
-        candidates.update({f"ours pre-trained, {mode}": nets.make_predictor(pretrained, mode)
+        candidates.update({f"ours pre-trained (Keras), {mode}": nets.make_predictor(pretrained, mode)
                            for mode in ("none", nets.DEFAULT_TTA)})
     out = {}
     for name, fn in list(candidates.items()) + [("fer, default (quantized TFLite)", "tflite"),
@@ -74,7 +95,7 @@ def latency(model, model_name, pretrained, detector, fer_keras, calls):
             ms = timed(call, n_calls) * 1000 / batch
             out[name][f"batch{batch}"] = {"median": float(np.median(ms)), "p10": float(np.percentile(ms, 10)),
                                           "p90": float(np.percentile(ms, 90))}
-        print(f"  {name:<36} batch 1: {out[name]['batch1']['median']:.2f} ms, "
+        print(f"  {name:<48} batch 1: {out[name]['batch1']['median']:.2f} ms, "
               f"batch 64: {out[name]['batch64']['median']:.3f} ms per face", flush=True)
     return out
 
