@@ -69,7 +69,7 @@ def test_stream_gives_the_seconds_predict_live_stream_writes(tmp_path):
     result = run_script("predict_live_stream.py", "--source", VIDEO, "--max-seconds", 3, "--csv", tmp_path / "t.csv")
     assert result.returncode == 0, result.stderr
     written = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
-    frames = list(EmotionRecognizer(tta="flip").stream(str(VIDEO), max_seconds=3))  # the script's default mode
+    frames = list(EmotionRecognizer("fast", tta="flip").stream(str(VIDEO), max_seconds=3))  # the script's defaults
     assert [f.index for f in frames] == list(range(len(frames))) and len(frames) == 90  # 30 FPS
     seconds = [s for f in frames for s in f.seconds]
     assert [s.time for s in seconds] == ["00:00:00", "00:00:01", "00:00:02"]

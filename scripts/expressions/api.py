@@ -173,7 +173,7 @@ class VideoStream:
         frame = None  # each frame is handed out once the next one is read: the last one carries the last second
         try:
             while True:
-                item = located.get()
+                item = None if self.stopped else located.get()  # stopped: frames decoded ahead are dropped
                 if isinstance(item, BaseException):
                     raise item
                 if item is None:
