@@ -310,8 +310,8 @@ def load_model(name="own"):
 
 def add_model_option(parser, default="own", why=""):
     parser.add_argument("--model", default=default,
-                        help="model .pkl file, or own / pre_trained for the committed models (default: "
-                             f"%(default)s{why})")
+                        help="model .pkl file, or one of the committed models: own (the ensemble), fast (the "
+                             f"stream's), pre_trained (default: %(default)s{why})")
 
 
 # ---------------------------------------------------------------- prediction
