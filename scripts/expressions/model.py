@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import EMOTIONS, IMAGE_SIZE, MODEL_DIR, UserError, import_tensorflow, quiet_stderr
-from .outputs import atomic_path
+from .outputs import atomic_path, write_json
 
 MODEL_PATH = MODEL_DIR / "my_own_model.pkl"
 # Short names for the committed models, accepted wherever a model path is.
@@ -578,9 +578,9 @@ def fastest_tflite(forms, tta):
                   "measured": date.today().isoformat()}
         if cache:
             known[key] = choice
-            with contextlib.suppress(OSError):  # a read-only home: measured again next time
+            with contextlib.suppress(OSError, UserError):  # a read-only home: measured again next time
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                write_atomically(cache, json.dumps(known, indent=1).encode())
+                write_json(cache, known)
     kind, xnnpack, timings = choice["kind"], choice["xnnpack"], choice["timings"]
     chosen = kind + ("" if xnnpack else " builtin")
     others = ", ".join(f"{k} {t:.2f}" for k, t in sorted(timings.items(), key=lambda kv: kv[1]) if k != chosen)
@@ -606,11 +606,6 @@ def runtime_cache():
     folder = os.environ.get("EXPRESSIONS_CACHE") or (
         os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "expressions"))
     return None if folder.startswith("~") else Path(folder) / "runtimes.json"
-
-
-def write_atomically(path, content: bytes):
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(content)
 
 
 def cpu_line():

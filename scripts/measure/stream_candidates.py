@@ -36,7 +36,7 @@ from expressions import model as nets
 from expressions.api import EmotionRecognizer
 from expressions.outputs import check_folder, write_json, write_text
 
-from benchmarking.videos import make_crowd_video
+from benchmarking.videos import agreement, make_crowd_video
 
 MIN_AGREEMENT = 0.95
 # The AVX2 host (2 cores of an AMD EPYC, no AVX-512), measured alone: the full
@@ -101,14 +101,6 @@ def per_second_lines(frames, classify, every=1):
                 sums[second, face_id] += p
                 counts[second, face_id] += 1
     return {key: (EMOTIONS[int(np.argmax(s))], int(round(s.max() / counts[key] * 100))) for key, s in sums.items()}
-
-
-def agreement(lines, reference):
-    shared = [k for k in reference if k in lines]
-    same = [k for k in shared if lines[k][0] == reference[k][0]]
-    moves = [abs(lines[k][1] - reference[k][1]) for k in same]
-    return {"lines": len(reference), "same_emotion": len(same) / max(len(reference), 1),
-            "mean_points": float(np.mean(moves)) if moves else 0.0, "max_points": max(moves, default=0)}
 
 
 def gflops(model):
