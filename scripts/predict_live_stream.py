@@ -42,9 +42,9 @@ def parse_args(argv=None):
                           "streams, a third of its cost, whose per-second lines name the ensemble's emotion on 96 %% "
                           "of the shared videos' seconds (docs/live.md); own is the full ensemble, as predict.py "
                           "reads photos")
-    nets.add_tta_option(p, default="flip", why="; not flip+shift as for photos: a stream classifies every face of "
-                        "every frame, and the per-second average over 25-30 frames already smooths what the extra "
-                        "views would")
+    nets.add_tta_option(p, default=nets.ALTERNATE, stream=True, why=": a stream classifies every face of every "
+                        "frame, and the per-second average over 25-30 frames holds both views at the cost of one; "
+                        "its lines agree with flip's as often (docs/live.md)")
     add_detector_option(p)
     add_crop_option(p)
     nets.add_runtime_option(p)

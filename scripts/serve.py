@@ -38,15 +38,16 @@ def parse_args(argv=None):
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
     nets.add_model_option(p, why="; the model of photos")
     add_detector_option(p)
-    nets.add_tta_option(p, default="flip", why="; of photos and streams, not flip+shift as in predict.py: a server "
-                        "answers many photos at once and a webcam sends 10-15 frames a second, and flip costs 2 "
-                        "views per face instead of 10")
+    nets.add_tta_option(p, default="flip", why="; of photos, not flip+shift as in predict.py: a server answers many "
+                        "photos at once, and flip costs 2 views per face instead of 10")
     add_crop_option(p)
     nets.add_runtime_option(p)
     p.add_argument("--stream-model", default="fast",
                    help="the model of the webcam view and of uploaded videos: fast, the stream's small network "
                         "(as predict_live_stream.py), own for the full ensemble with the mirror, or a .pkl "
                         "(default: %(default)s; photos use --model)")
+    nets.add_tta_option(p, default=nets.ALTERNATE, stream=True, flag="--stream-tta",
+                        why="; of the webcam view and uploaded videos, as predict_live_stream.py: one pass per face")
     p.add_argument("--max-upload-mb", type=float, default=10,
                    help="largest photo accepted by POST /api/predict, in MB; larger gets 413 (default: %(default)s)")
     p.add_argument("--max-video-mb", type=float, default=200,
@@ -116,7 +117,8 @@ def main(argv=None):
         raise UserError(f"the web app needs FastAPI and uvicorn ({err}): pip install -r requirements.txt") from None
     app = create_app(args.model, args.detector, args.tta, args.crop, args.runtime, args.max_upload_mb,
                      args.max_video_mb, args.pipelines, args.max_megapixels, args.max_video_jobs,
-                     args.video_disk_mb, args.host, args.allow_origin, args.stream_model)
+                     args.video_disk_mb, args.host, args.allow_origin, args.stream_model,
+                     args.stream_tta)
     if args.host not in LOCAL_HOSTS:
         print(f"warning: listening on {args.host}: anyone who can reach this machine on port {args.port} can "
               "use the server and send it images", file=sys.stderr)

@@ -115,17 +115,37 @@ def test_the_runtime_is_timed_on_this_cpu_once_then_remembered(tmp_path, monkeyp
         assert "int8" not in [kind for kind, _ in nets.tflite_forms(model)]
 
 
+@needs_video
+def test_alternate_mirrors_every_other_frame_of_a_stream_and_a_photo_gets_both_views():
+    seen = {}
+    for tta in ("none", nets.ALTERNATE):
+        recognizer = EmotionRecognizer("fast", tta=tta)
+        crops, classify = [], recognizer.classify
+        recognizer.classify = lambda x, crops=crops, classify=classify: crops.append(x.copy()) or classify(x)
+        list(recognizer.stream(str(VIDEO), max_seconds=1))
+        seen[tta] = crops
+    assert len(seen["none"]) == len(seen[nets.ALTERNATE]) > 10
+    for n, (plain, alternated) in enumerate(zip(seen["none"], seen[nets.ALTERNATE])):
+        assert np.array_equal(alternated, plain if n % 2 == 0 else plain[:, :, ::-1]), n
+    # A photo has no next frame: it gets both views at once, as flip gives them.
+    photo = astronaut_bgr()
+    both = EmotionRecognizer("fast", tta=nets.ALTERNATE).analyze(photo)[0].probabilities
+    flip = EmotionRecognizer("fast", tta="flip").analyze(photo)[0].probabilities
+    assert max(abs(both[e] - flip[e]) for e in flip) < 1e-4
+
+
 @full
 @needs_video
 def test_the_fast_stream_says_what_the_full_ensemble_says_on_clear_seconds():
-    """The stream's default classifier against the full ensemble (the stream's classifier
-    before it), on the shared videos: the same emotion wherever the ensemble is clear (at
+    """The stream's default classifier (the fast model, the mirror on every other frame)
+    against the full ensemble with the mirror (the stream's classifier before it), on the
+    shared videos: the same emotion wherever the ensemble is clear (at
     least 50 %), percentages within a few points."""
     clear_seconds = 0
     for video in sorted((SHARED / "media").glob("*.mp4")):
         lines = {}
-        for name, model in (("fast", "fast"), ("full", "own")):
-            stream = EmotionRecognizer(model, tta="flip").stream(str(video))
+        for name, model, tta in (("fast", "fast", nets.ALTERNATE), ("full", "own", "flip")):
+            stream = EmotionRecognizer(model, tta=tta).stream(str(video))
             lines[name] = {s.second: s.faces[0] for frame in stream for s in frame.seconds if s.faces}
         clear = [t for t, face in lines["full"].items() if face.probability >= 0.5]
         assert set(clear) <= set(lines["fast"])

@@ -60,7 +60,7 @@ def post_image(client, data, name="photo.jpg", **params):
 def test_health_page_and_docs(client):
     health = client.get("/api/health").json()
     assert health == {"status": "ok", "model": "my_own_model.pkl", "detector": "yunet", "tta": nets.DEFAULT_TTA,
-                      "runtime": health["runtime"], "stream_model": "fast_model.pkl",
+                      "runtime": health["runtime"], "stream_model": "fast_model.pkl", "stream_tta": "alternate",
                       "stream_runtime": health["stream_runtime"], "version": VERSION}
     assert health["runtime"].startswith("tflite") and health["stream_runtime"].startswith("tflite")
     page = client.get("/")

@@ -47,7 +47,8 @@ class EmotionRecognizer:
 
     The model (`own`, the committed one; `pre_trained`; or a .pkl path), the face detector
     (yunet or haar), the crop (auto or box), the test-time augmentation (none, flip,
-    flip+shift: 10 views, predict.py's default for photos) and the runtime (auto, tflite,
+    flip+shift: 10 views, predict.py's default for photos; alternate: the mirror on every
+    other frame of a stream, both views of a photo) and the runtime (auto, tflite,
     keras) are chosen here, once, as the scripts' options of the same names choose them;
     images over `max_megapixels` (read from their header) are refused before decoding.
 
@@ -61,12 +62,13 @@ class EmotionRecognizer:
     def __init__(self, model="own", detector="yunet", crop="auto", tta=nets.DEFAULT_TTA, runtime="auto",
                  max_megapixels=MAX_MEGAPIXELS):
         for name, value, choices in (("detector", detector, DETECTORS), ("crop", crop, CROP_MODES),
-                                     ("tta", tta, tuple(nets.TTA_MODES)), ("runtime", runtime, nets.RUNTIMES)):
+                                     ("tta", tta, nets.STREAM_TTA_MODES), ("runtime", runtime, nets.RUNTIMES)):
             if value not in choices:
                 raise UserError(f"{name} {value!r}: choose from {', '.join(choices)}")
         if not max_megapixels > 0:
             raise UserError(f"max_megapixels {max_megapixels}: give a positive number")
-        predict, chosen = nets.frame_predictor(model, tta, runtime)
+        alternate = tta == nets.ALTERNATE  # one pass per face; EmotionReader mirrors every other frame
+        predict, chosen = nets.frame_predictor(model, "none" if alternate else tta, runtime)
         # What classifies the faces (keras, or tflite and its kind) and why: a line for the user.
         self.runtime, self.runtime_reason = chosen.name, chosen.why
         self.model, self.detector, self.crop, self.tta = str(model), detector, crop, tta
@@ -78,7 +80,7 @@ class EmotionRecognizer:
                 return predict(crops)
 
         self.classify = classify  # crops [n,48,48,1] -> probabilities [n,7]; thread-safe
-        self._photos = EmotionReader(classify, detector, crop)
+        self._photos = EmotionReader(classify, detector, crop, alternate=alternate)
 
     def analyze(self, image, name=None):
         """Every face in a photo, largest first, as Face objects (an empty list if there is
@@ -100,18 +102,20 @@ class EmotionRecognizer:
         raise UserError(f"cannot read {type(image).__name__} as an image: give a path, image bytes or a numpy array")
 
     def stream(self, source=0, realtime=False, max_seconds=None, detect_every=DETECT_EVERY,
-               detect_width=DETECT_WIDTH):
+               detect_width=DETECT_WIDTH, overlap=True):
         """A VideoStream over a webcam (an int index) or a video file or URL: iterate it for
         one Frame per frame. realtime=True paces a file like a live stream and names its
         seconds by the wall clock; max_seconds stops early. Faces are searched in every
-        `detect_every`th frame at `detect_width` pixels and followed in between."""
-        return VideoStream(self, source, realtime, max_seconds, detect_every, detect_width)
+        `detect_every`th frame at `detect_width` pixels and followed in between.
+        overlap=False does all the work in the iterating thread (for many streams side by
+        side, one per core: analyze.py's workers); the frames and seconds are the same."""
+        return VideoStream(self, source, realtime, max_seconds, detect_every, detect_width, overlap)
 
     def stream_reader(self, detect_every=DETECT_EVERY, detect_width=DETECT_WIDTH, clock=None, classify=None):
         """A StreamReader for frames that arrive one by one (the web app's WebSocket): its
         own face search and ids, this recognizer's classifier (or `classify`)."""
         return StreamReader(EmotionReader(classify or self.classify, self.detector, self.crop, detect_width,
-                                          detect_every), clock)
+                                          detect_every, alternate=self.tta == nets.ALTERNATE), clock)
 
 
 def checked_array(image, name, max_megapixels):
@@ -138,13 +142,14 @@ class VideoStream:
 
     Two stages run side by side, so that two cores do two things at once: a thread decodes
     each frame and searches it for faces, while the iterating thread crops, classifies and
-    follows the faces of the frame before. The frames keep their order."""
+    follows the faces of the frame before. The frames keep their order. overlap=False
+    runs both stages in the iterating thread."""
 
-    def __init__(self, recognizer, source, realtime, max_seconds, detect_every, detect_width):
+    def __init__(self, recognizer, source, realtime, max_seconds, detect_every, detect_width, overlap=True):
         if detect_every < 1 or detect_width < 16:
             raise UserError(f"detect_every {detect_every}, detect_width {detect_width}: give at least 1 and 16")
         self.recognizer, self.realtime, self.max_seconds = recognizer, realtime, max_seconds
-        self.detect_every, self.detect_width = detect_every, detect_width
+        self.detect_every, self.detect_width, self.overlap = detect_every, detect_width, overlap
         self.live = isinstance(source, int)
         if self.live:
             self.name = f"webcam {source}"
@@ -169,11 +174,14 @@ class VideoStream:
         halt = threading.Event()
         stage = threading.Thread(target=self._locate_faces, args=(reader.read_faces, located, halt, started),
                                  name="expressions-locate", daemon=True)
-        stage.start()
+        in_line = None if self.overlap else self._located_frames(reader.read_faces, halt, started)
+        if self.overlap:
+            stage.start()
         frame = None  # each frame is handed out once the next one is read: the last one carries the last second
         try:
             while True:
-                item = None if self.stopped else located.get()  # stopped: frames decoded ahead are dropped
+                # stopped: frames decoded ahead are dropped
+                item = None if self.stopped else located.get() if self.overlap else next(in_line, None)
                 if isinstance(item, BaseException):
                     raise item
                 if item is None:
@@ -188,20 +196,27 @@ class VideoStream:
                 self.frames += 1
         finally:
             halt.set()
+            if in_line is not None:
+                in_line.close()
             while stage.is_alive():  # it may wait to put a frame: make room until it sees `halt`
                 with contextlib.suppress(queue.Empty):
                     located.get(timeout=0.05)
             self.capture.release()
 
+    def _located_frames(self, read_faces, halt, started):
+        """The first stage: each frame decoded, with its faces found: (image, t, faces)."""
+        images = self._newest_images(started, halt) if (self.live or self.realtime) else self._file_images()
+        for image, t in images:
+            if halt.is_set() or self.stopped or (self.max_seconds is not None and t >= self.max_seconds):
+                break
+            yield image, t, read_faces.locate(image)
+
     def _locate_faces(self, read_faces, located, halt, started):
-        """The first stage, in its own thread: decode each frame and find its faces."""
+        """The first stage in its own thread, its frames handed over in `located`."""
         item = None
         try:
-            images = self._newest_images(started, halt) if (self.live or self.realtime) else self._file_images()
-            for image, t in images:
-                if halt.is_set() or self.stopped or (self.max_seconds is not None and t >= self.max_seconds):
-                    break
-                put_unless(located, (image, t, read_faces.locate(image)), halt)
+            for found in self._located_frames(read_faces, halt, started):
+                put_unless(located, found, halt)
         except Exception as err:  # handed to the iterating thread, which raises it
             item = err
         put_unless(located, item, halt)

@@ -321,12 +321,21 @@ TTA_MODES = {"none": (False, 0), "flip": (True, 0), "flip+shift": (True, 2)}
 DEFAULT_TTA = "flip+shift"
 
 
-def add_tta_option(parser, default=DEFAULT_TTA, why=""):
-    """The one --tta option of every script that predicts."""
-    parser.add_argument("--tta", choices=list(TTA_MODES), default=default,
+# A stream's own mode: one pass per face, the mirror image on every other frame, so that each
+# second's average holds both views at the cost of one (on a photo: both views at once).
+ALTERNATE = "alternate"
+STREAM_TTA_MODES = (*TTA_MODES, ALTERNATE)
+
+
+def add_tta_option(parser, default=DEFAULT_TTA, why="", stream=False, flag="--tta"):
+    """The one --tta option of every script that predicts; stream=True offers alternate too."""
+    parser.add_argument(flag, choices=list(STREAM_TTA_MODES if stream else TTA_MODES), default=default,
                         help="test-time augmentation: none (single pass), flip (average with the mirror "
                              "image, 2 views), flip+shift (10 views: 5 positions 2 px apart, each also "
-                             f"mirrored; the best on the validation split) (default: %(default)s{why})")
+                             "mirrored; the best on the validation split)"
+                             + (", alternate (streams: the mirror image on every other frame, one pass per "
+                                "face, both views in every second's average; a photo gets both)" if stream else "")
+                             + f" (default: %(default)s{why})")
 
 
 def make_predictor(model, tta=DEFAULT_TTA):

@@ -19,19 +19,22 @@ class EmotionReader:
     them all in one call of `predict` (model.frame_predictor: images -> probabilities).
     For consecutive frames of a stream, detect_every=N searches every Nth frame and reuses
     the faces found in between (the faces are still cropped from and classified on every
-    frame); a photo is always searched. One reader per stream: it remembers the last faces."""
+    frame); a photo is always searched. alternate=True classifies the mirror images of every
+    other frame's faces (a photo's faces both ways, averaged). One reader per stream: it
+    remembers the last faces."""
 
-    def __init__(self, predict, detector="yunet", crop="auto", detect_width=DETECT_WIDTH, detect_every=1):
+    def __init__(self, predict, detector="yunet", crop="auto", detect_width=DETECT_WIDTH, detect_every=1,
+                 alternate=False):
         if detect_every < 1:
             raise UserError(f"detect every {detect_every} frames: give 1 or more")
         self.detector = FaceDetector(detector, detect_width)
         self.predict = predict
-        self.crop = crop
+        self.crop, self.alternate, self.classified = crop, alternate, 0
         self.detect_every, self.frames, self.faces, self.shape = detect_every, 0, [], None
 
     def __call__(self, frame, still=False):
         """Returns (faces, crops uint8 [n,48,48], probabilities [n,7])."""
-        return self.classify(frame, self.locate(frame, still))
+        return self.classify(frame, self.locate(frame, still), still)
 
     def locate(self, frame, still=False):
         """The faces of a frame: searched, or those of the last search (see detect_every).
@@ -41,13 +44,19 @@ class EmotionReader:
         self.frames, self.shape = self.frames + 1, frame.shape[:2]
         return self.faces
 
-    def classify(self, frame, faces):
+    def classify(self, frame, faces, still=False):
         """(faces, crops uint8 [n,48,48], probabilities [n,7]) of faces located in a frame."""
         if not faces:
             return [], np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8), np.zeros((0, len(EMOTIONS)), np.float32)
         gray = to_gray(frame)
         crops = np.stack([crop_face(gray, f, self.crop) for f in faces])
-        return faces, crops, self.predict(crops[..., None])
+        x = crops[..., None]
+        if self.alternate and still:
+            return faces, crops, self.predict(np.concatenate([x, x[:, :, ::-1]])).reshape(2, len(x), -1).mean(0)
+        if self.alternate:
+            self.classified += 1
+            x = x[:, :, ::-1] if self.classified % 2 == 0 else x
+        return faces, crops, self.predict(x)
 
 
 # Valence and arousal of the seven classes on Russell's circumplex, both in [-1, 1]:

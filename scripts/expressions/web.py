@@ -59,16 +59,16 @@ class Recognizers:
     `images` bounds the decoded images alive at once (a request holds it from decoding to
     its answer), so memory stays flat however many clients send at once."""
 
-    def __init__(self, size, model, detector, tta, crop, runtime, stream_model="fast"):
+    def __init__(self, size, model, detector, tta, crop, runtime, stream_model="fast", stream_tta=nets.ALTERNATE):
         if size < 1:
             raise UserError(f"--pipelines {size}: give 1 or more")
         self.size, self.pool, self.stream_pool = size, queue.Queue(), queue.Queue()
         # Streams (WebSockets, video jobs) classify with the stream's model, as predict_live_stream.py does.
-        same = nets.model_path(stream_model).resolve() == nets.model_path(model).resolve()
+        same = nets.model_path(stream_model).resolve() == nets.model_path(model).resolve() and stream_tta == tta
         for _ in range(size):
             recognizer = EmotionRecognizer(model, detector, crop, tta, runtime)
             self.pool.put(recognizer)
-            streamer = recognizer if same else EmotionRecognizer(stream_model, detector, crop, tta, runtime)
+            streamer = recognizer if same else EmotionRecognizer(stream_model, detector, crop, stream_tta, runtime)
             self.stream_pool.put(streamer)
         self.runtime, self.stream_runtime, self.first = recognizer.runtime, streamer.runtime, streamer
         self.images = threading.BoundedSemaphore(size)
@@ -265,18 +265,19 @@ class VideoJobs:
 
 def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto", runtime="auto",
                max_upload_mb=10.0, max_video_mb=200.0, pipelines=2, max_megapixels=MAX_MEGAPIXELS,
-               max_video_jobs=3, max_video_disk_mb=1000.0, host="127.0.0.1", allow_origins=(), stream_model="fast"):
+               max_video_jobs=3, max_video_disk_mb=1000.0, host="127.0.0.1", allow_origins=(), stream_model="fast",
+               stream_tta=nets.ALTERNATE):
     """The FastAPI app; the model and the detector are loaded here, once. `host` is the
     address the server listens on (Host headers naming it are answered); `allow_origins`
     are web origins (scheme://host[:port]) of other sites whose pages may use the API.
-    Photos are read with `model`; streams (the WebSocket, video jobs) with `stream_model`, as
-    predict_live_stream.py reads them."""
+    Photos are read with `model` and `tta`; streams (the WebSocket, video jobs) with
+    `stream_model` and `stream_tta`, as predict_live_stream.py reads them."""
     origins = [allowed_origin(o) for o in allow_origins]
-    readers = Recognizers(pipelines, model, detector, tta, crop, runtime, stream_model)
+    readers = Recognizers(pipelines, model, detector, tta, crop, runtime, stream_model, stream_tta)
     jobs = VideoJobs(readers, max_megapixels, max_video_jobs, max_video_disk_mb)
     info = {"status": "ok", "model": nets.model_path(model).name, "detector": detector, "tta": tta,
             "runtime": readers.runtime, "stream_model": nets.model_path(stream_model).name,
-            "stream_runtime": readers.stream_runtime, "version": VERSION}
+            "stream_tta": stream_tta, "stream_runtime": readers.stream_runtime, "version": VERSION}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -9,9 +9,10 @@ as the stream reads it (YuNet every 2nd frame, faces followed, crops); then each
 classifies the same crops and its per-second lines (face, emotion, percentage) are
 compared with those of the full ensemble with the mirror, the stream's classifier until
 2026-12-03. Candidates: the ensemble without the mirror; one member of it without the
-mirror; the fast model (train.py --teacher own --width 16) with and without the mirror;
-the fast model on every 2nd frame only, and on two frames' faces per call (batched across
-frames: the same lines, a different cost). For each: per-face milliseconds (one face, batch of
+mirror; the fast model (train.py --teacher own, member 1 distilled) with and without the
+mirror, and with the mirror image on every other frame (one pass per face, both views in
+each second: the stream's --tta alternate); the fast model on every 2nd frame only, and on
+two frames' faces per call (batched across frames: the same lines, a different cost). For each: per-face milliseconds (one face, batch of
 1, the runtime the stream would pick here; half of it for every 2nd frame), its operations
 per face and from them an estimate for the issue's AVX2 host, FER2013 test
 accuracy (7,178 images, every frame's classifier alone), and the agreement: the share of
@@ -91,13 +92,17 @@ def stream_crops(video):
     return frames
 
 
-def per_second_lines(frames, classify, every=1):
+def per_second_lines(frames, classify, every=1, alternate=False):
     """{(second, face id): (emotion, percent)} as the stream prints them, classifying every
-    `every`th frame (the others reuse nothing: a second averages the frames classified)."""
+    `every`th frame (the others reuse nothing: a second averages the frames classified);
+    alternate=True mirrors every other frame's crops, as EmotionReader does."""
     sums, counts = defaultdict(lambda: np.zeros(len(EMOTIONS))), defaultdict(int)
+    classified = 0
     for n, (second, ids, crops) in enumerate(frames):
         if len(ids) and n % every == 0:
-            for face_id, p in zip(ids, classify(crops)):
+            classified += 1
+            mirrored = alternate and classified % 2 == 0
+            for face_id, p in zip(ids, classify(crops[:, :, ::-1] if mirrored else crops)):
                 sums[second, face_id] += p
                 counts[second, face_id] += 1
     return {key: (EMOTIONS[int(np.argmax(s))], int(round(s.max() / counts[key] * 100))) for key, s in sums.items()}
@@ -119,7 +124,8 @@ def gflops(model):
 
 
 def candidates():
-    """name -> (predict function on crops, runtime, every Nth frame, GFLOPs per face)."""
+    """name -> (predict function on crops, runtime, every Nth frame, GFLOPs per face,
+    mirror every other frame)."""
     out = {}
     ensemble, fast = nets.load_model("own"), nets.load_model("fast")
     for name, model, tta in (("full ensemble, mirror (the reference)", "own", "flip"),
@@ -128,13 +134,14 @@ def candidates():
                              ("fast model, single pass", "fast", "none")):
         predict, runtime = nets.frame_predictor(model, tta)
         views = 2 if tta == "flip" else 1
-        out[name] = (predict, runtime.name, 1, views * gflops(ensemble if model == "own" else fast))
+        out[name] = (predict, runtime.name, 1, views * gflops(ensemble if model == "own" else fast), False)
     member = nets.ensemble_members(ensemble)[0]
     out["one member of the ensemble, single pass"] = (nets.TFLitePredictor(nets.to_tflite(member, "dynamic"), "none"),
-                                                      "tflite dynamic", 1, gflops(member))
-    predict, runtime, _, cost = out["fast model, single pass"]
-    out["fast model, single pass, every 2nd frame"] = (predict, runtime, 2, cost / 2)
-    out["fast model, single pass, 2 frames per call"] = (predict, runtime, -2, cost)  # every < 0: a batch of that many
+                                                      "tflite dynamic", 1, gflops(member), False)
+    predict, runtime, _, cost, _ = out["fast model, single pass"]
+    out["fast model, mirror on every other frame"] = (predict, runtime, 1, cost, True)
+    out["fast model, single pass, every 2nd frame"] = (predict, runtime, 2, cost / 2, False)
+    out["fast model, single pass, 2 frames per call"] = (predict, runtime, -2, cost, False)  # every < 0: a batch
     return out
 
 
@@ -172,12 +179,14 @@ def main(argv=None):
     reference = None
     found = candidates()
     reference_gflops = found["full ensemble, mirror (the reference)"][3]
-    for name, (predict, runtime, every, cost) in found.items():
-        lines = {video: per_second_lines(frames, predict, max(every, 1)) for video, frames in crops.items()}
+    for name, (predict, runtime, every, cost, alternate) in found.items():
+        lines = {video: per_second_lines(frames, predict, max(every, 1), alternate) for video, frames in crops.items()}
         reference = reference or lines
         pooled = {(video, *k): v for video in lines for k, v in lines[video].items()}
         pooled_reference = {(video, *k): v for video in reference for k, v in reference[video].items()}
         proba = np.concatenate([predict(x[i:i + 256]) for i in range(0, len(x), 256)])
+        if alternate:  # a photo gets both views
+            proba = (proba + np.concatenate([predict(x[i:i + 256, :, ::-1]) for i in range(0, len(x), 256)])) / 2
         ms = (nets.per_face_ms(predict, calls=200) / every if every > 0 else
               nets.per_face_ms(predict, calls=200, faces=-every))
         row = {"runtime": runtime, "every": every, "ms_per_face": ms,
