@@ -23,7 +23,7 @@ from expressions import data as fer2013
 from expressions import model as nets
 from expressions import reports
 from expressions.crops import add_crop_option
-from expressions.faces import add_detector_option, add_max_megapixels_option, read_image
+from expressions.faces import IMAGE_SUFFIXES, add_detector_option, add_max_megapixels_option, read_image
 from expressions.pipeline import draw_faces
 from expressions.outputs import (check_file, check_folder, check_user_outputs, own_image, unique_names, write_image,
                                  write_json, write_text)
@@ -89,7 +89,6 @@ def evaluate(args):
     return 0
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"}
 CSV_COLUMNS = ["file", "face", "x", "y", "w", "h", *[f"{part}_{axis}" for part in
                ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left") for axis in "xy"],
                *[e.lower() for e in EMOTIONS], "emotion", "valence", "arousal"]

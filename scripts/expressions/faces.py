@@ -15,6 +15,7 @@ YUNET_PATH = Path(__file__).resolve().parent / "yunet" / "face_detection_yunet_2
 YUNET_BYTES = 232_589
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 DETECTORS = ("yunet", "haar")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"}
 DETECT_WIDTH = 320  # video frames are searched at this width: YuNet finds faces of 10-300 px
 DETECT_EVERY = 2  # frames of a stream: search every Nth one, reuse its faces in between (measured: docs/live.md)
 PHOTO_SIDES = (640, 320, 160)  # a photo's longer side for the search; the smaller ones find huge faces
