@@ -58,9 +58,6 @@ def parse_args(argv=None):
 def main(argv=None):
     import os
     args = parse_args(argv)
-    if args.detect_every < 1 or args.detect_width < 16:
-        raise UserError(f"--detect-every {args.detect_every}, --detect-width {args.detect_width}: give at least "
-                        "1 and 16")
     from expressions.collection import Settings, analyze_collection
     settings = Settings(str(args.model), args.tta, str(args.stream_model), args.stream_tta, args.detector, args.crop,
                         args.detect_every, args.detect_width, args.max_megapixels)

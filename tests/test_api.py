@@ -15,6 +15,7 @@ import pytest
 
 from conftest import ROOT, SHARED, needs_shared, run_script, full
 from expressions import EMOTIONS, EmotionRecognizer, Face, ImageTooLarge, UserError
+from expressions import model as nets
 from expressions.hostile import png_bomb
 from test_faces_video import astronaut_bgr, write_video
 
@@ -69,7 +70,7 @@ def test_stream_gives_the_seconds_predict_live_stream_writes(tmp_path):
     result = run_script("predict_live_stream.py", "--source", VIDEO, "--max-seconds", 3, "--csv", tmp_path / "t.csv")
     assert result.returncode == 0, result.stderr
     written = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
-    frames = list(EmotionRecognizer("fast", tta="flip").stream(str(VIDEO), max_seconds=3))  # the script's defaults
+    frames = list(EmotionRecognizer("fast", tta=nets.ALTERNATE).stream(str(VIDEO), max_seconds=3))  # its defaults
     assert [f.index for f in frames] == list(range(len(frames))) and len(frames) == 90  # 30 FPS
     seconds = [s for f in frames for s in f.seconds]
     assert [s.time for s in seconds] == ["00:00:00", "00:00:01", "00:00:02"]

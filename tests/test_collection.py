@@ -237,3 +237,40 @@ def test_a_twenty_minute_video_is_read_in_constant_memory(tmp_path):
     first, last = max(samples[:fifth]), max(samples[-fifth:])
     print(f"resident memory reading the video: first fifth {first:.0f} MB, last fifth {last:.0f} MB")
     assert last - first < 30
+
+
+def test_links_pipes_and_names_that_cannot_be_read_are_error_rows_not_tracebacks(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    os.mkfifo(folder / "pipe.mp4")  # opening it to read would wait forever
+    with open(os.fsencode(folder) + b"/bad\xff.jpg", "wb") as f:
+        f.write(b"not UTF-8")
+    result = run_script("analyze.py", folder, "--out", tmp_path, timeout=120)  # --out holds the inputs' folder
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    inputs = pd.read_parquet(tmp_path / "inputs.parquet")
+    reasons = {os.path.basename(p): r for p, r in zip(inputs.input, inputs.reason)}
+    assert "cannot read" in reasons["loop.jpg"] and reasons["pipe.mp4"] == "not a regular file"
+    assert "not UTF-8" in reasons["bad\\xff.jpg"]
+    # A file in parts/ that is not a finished input is left aside, said once.
+    (tmp_path / "parts" / "garbage.inputs.parquet").write_text("garbage")
+    again = run_script("analyze.py", folder, "--out", tmp_path, timeout=120)
+    assert "Traceback" not in again.stderr and "left aside 1 file" in again.stderr, again.stderr
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "parts").write_text("a file")
+    assert_clean_error(run_script("analyze.py", folder, "--out", tmp_path / "other"), "cannot use")
+
+
+def test_a_ray_address_that_does_not_answer_is_one_line_at_once(tmp_path):
+    import socket
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "in").mkdir()
+    shutil.copy(sorted((MEDIA / "photos").glob("*.jpg"))[0] if MEDIA.exists() else __file__,
+                tmp_path / "in" / "a.jpg")
+    started = time.time()
+    result = run_script("analyze.py", tmp_path / "in", "--out", tmp_path / "out", "--address", f"127.0.0.1:{port}",
+                        timeout=120)
+    assert_clean_error(result, "cannot reach the Ray cluster")
+    assert time.time() - started < 60

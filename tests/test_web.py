@@ -279,7 +279,7 @@ def test_a_video_job_gives_the_seconds_predict_live_stream_gives(tmp_path):
     video = SHARED / "media" / "liveportrait_d10.mp4"  # 15 seconds
     script = run_script("predict_live_stream.py", "--source", video, "--csv", tmp_path / "script.csv")
     assert script.returncode == 0, script.stderr
-    # The same defaults (the fast model, flip; faces searched in every 2nd frame): the same seconds, to the digit.
+    # The same defaults (the fast model, alternate; faces searched in every 2nd frame): the same seconds, to the digit.
     with local_client(create_app(tta="flip", pipelines=1)) as c:
         job = c.post("/api/video", files={"video": (video.name, video.read_bytes(), "video/mp4")}).json()["job"]
         deadline = time.time() + 120

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -88,39 +89,52 @@ class Unit:
 # ---------------------------------------------------------------- finding the inputs
 def find_inputs(paths, settings: Settings, skip=()):
     """Inputs named on the command line: files; folders, searched recursively for photos and
-    videos (other files, and images this toolkit wrote, are counted and left alone); text
-    files (.txt, .lst) listing paths, one per line, relative to the list, # for comments.
-    `skip`: folders never searched (the output folder). Returns (inputs, problems: input
-    rows for listed paths that are missing, other files skipped in folders)."""
+    videos (other files, and images this toolkit wrote, are counted and left alone; links to
+    folders are not followed); text files (.txt, .lst) listing paths, one per line, relative
+    to the list, # for comments. `skip`: folders never searched (the output's parts).
+    Returns (inputs, problems: error rows for what was named or found but cannot be read)."""
     found, problems, skipped = {}, [], 0
-    skip = [Path(s).resolve() for s in skip]
+    skip = [Path(s).absolute() for s in skip]
 
     def add(path: Path):
         suffix = path.suffix.lower()
         kind = "photo" if suffix in IMAGE_SUFFIXES else "video" if suffix in VIDEO_SUFFIXES else "unknown"
+        shown = os.fsencode(path.absolute()).decode("utf-8", "backslashreplace")
         try:
             st = path.stat()
-        except OSError as err:
-            problems.append(error_row(str(path.absolute()), kind, f"cannot read: {err.strerror or err}"))
+            path = path.resolve()
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append(error_row(shown, kind, "its name is not UTF-8 text: rename the file"))
             return
-        path = path.resolve()
-        if str(path) not in found:
+        except (OSError, RuntimeError) as err:  # missing, no permission, a link loop
+            problems.append(error_row(shown, kind, f"cannot read: {getattr(err, 'strerror', None) or err}"))
+            return
+        if not stat.S_ISREG(st.st_mode):  # a folder in a list, a FIFO (opening it would wait forever), a device
+            problems.append(error_row(shown, kind, "not a regular file"))
+        elif str(path) not in found:
             found[str(path)] = (path, kind, st)
+
+    def unreadable_folder(err):
+        problems.append(error_row(os.fsencode(err.filename or "").decode("utf-8", "backslashreplace"), "unknown",
+                                  f"cannot read the folder: {err.strerror or err}"))
 
     for given in map(Path, paths):
         if given.is_dir():
-            for path in sorted(given.rglob("*")):
-                if any(path.resolve().is_relative_to(s) for s in skip) or not path.is_file():
-                    continue
-                suffix = path.suffix.lower()
-                if suffix in VIDEO_SUFFIXES or (suffix in IMAGE_SUFFIXES and not own_image(path)):
-                    add(path)
-                else:
-                    skipped += 1
+            for folder, subfolders, files in os.walk(given, onerror=unreadable_folder):
+                subfolders[:] = sorted(d for d in subfolders if Path(folder, d).absolute() not in skip)
+                for name in sorted(files):
+                    path = Path(folder, name)
+                    suffix = path.suffix.lower()
+                    ours_ = suffix in IMAGE_SUFFIXES and path.is_file() and own_image(path)  # never opens a FIFO
+                    if (suffix in VIDEO_SUFFIXES or suffix in IMAGE_SUFFIXES) and not ours_:
+                        add(path)
+                    else:
+                        skipped += 1
         elif given.suffix.lower() in LIST_SUFFIXES and given.is_file():
             for line in read_list(given):
                 add(given.parent / line if not Path(line).is_absolute() else Path(line))
-        elif given.exists():
+        elif os.path.lexists(given):
             add(given)
         else:
             raise UserError(f"input not found: {given}")
@@ -300,7 +314,10 @@ class Parts:
 
     def __init__(self, folder: Path):
         self.folder = folder / "parts"
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file of that name, no permission
+            raise UserError(f"cannot use {self.folder} for the finished inputs: {err.strerror or err}") from None
 
     def done_keys(self):
         """Keys of the inputs already read (done or no face; errors are tried again)."""
@@ -316,8 +333,20 @@ class Parts:
         files = sorted(self.folder.glob(f"*.{which}.parquet"), key=lambda p: p.stat().st_mtime_ns)
         if units is not None:
             files = [f for f in files if f.name.split(".")[0] in units]
-        tables = [pd.read_parquet(f).assign(unit=f.name.split(".")[0]) for f in files]
-        tables = [t for t in tables if len(t)]
+        needed, tables, foreign = (INPUT_COLUMNS if which == "inputs" else FACE_COLUMNS) + ["key"], [], []
+        for f in files:
+            try:
+                table = pd.read_parquet(f)
+            except Exception:  # noqa: BLE001 (not parquet at all, truncated: anything pyarrow raises)
+                foreign.append(f)
+                continue
+            if not set(needed) <= set(table.columns):
+                foreign.append(f)
+            elif len(table):
+                tables.append(table[needed].assign(unit=f.name.split(".")[0]))
+        if foreign:
+            print(f"note: left aside {len(foreign)} file(s) in {self.folder} that are not finished inputs of this "
+                  f"toolkit (the first: {foreign[0].name})", file=sys.stderr)
         return pd.concat(tables, ignore_index=True) if tables else None
 
 
@@ -438,6 +467,19 @@ def retry(unit, todo, commit, why):
                            for i in unit.inputs]))
 
 
+def reachable(address, timeout=5.0):
+    """A Ray address HOST:PORT must answer within `timeout` seconds: ray.init() would retry
+    a silent one for minutes. Other forms (auto, ray://...) are left to Ray."""
+    import socket
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "/" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {err.strerror or err}") from None
+
+
 def run_ray(units, settings, address, commit, progress):
     """The units as tasks of a running Ray cluster: one CPU each, retried once by Ray if
     the worker or its node dies; a worker process keeps its recognizers for later tasks."""
@@ -445,6 +487,7 @@ def run_ray(units, settings, address, commit, progress):
         import ray
     except ImportError:
         raise UserError("a Ray cluster needs Ray: pip install -e .[cluster]") from None
+    reachable(address)
     try:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     except Exception as err:  # ConnectionError, a version mismatch, ...: one line
@@ -486,16 +529,21 @@ def analyze_collection(inputs, out, workers=None, address=None, csv=False, setti
     if foreign:
         raise UserError(f"{foreign[0]} already exists and this toolkit did not write it: it is never replaced; "
                         "choose another --out folder, or move it away")
-    workers = len(os.sched_getaffinity(0)) if workers is None else workers
-    if workers < 1:
-        raise UserError(f"--workers {workers}: give 1 or more")
+    cores = len(os.sched_getaffinity(0))
+    workers = cores if workers is None else workers
+    if not 1 <= workers <= 2 * cores:  # each worker holds its own models: about 700 MB
+        raise UserError(f"--workers {workers}: give 1 to {2 * cores} (twice this machine's cores; each worker "
+                        "holds its own models, about 700 MB)")
+    if not settings.max_megapixels > 0 or settings.detect_every < 1 or settings.detect_width < 16:
+        raise UserError(f"max_megapixels {settings.max_megapixels:g}, detect_every {settings.detect_every}, "
+                        f"detect_width {settings.detect_width}: give a positive number, at least 1, at least 16")
     for model in {settings.model, settings.stream_model}:
         if not model_path(model).exists():
             load_model(model)  # the one-line "model not found", before any work
-    found, problems = find_inputs(inputs, settings, skip=[out])
+    parts = Parts(out)
+    found, problems = find_inputs(inputs, settings, skip=[parts.folder])
     if not found and not problems:
         raise UserError(f"no photos or videos in {', '.join(map(str, inputs))}")
-    parts = Parts(out)
     done = parts.done_keys()
     todo = [i for i in found if i.key not in done]
     if len(found) > len(todo):

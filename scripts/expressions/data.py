@@ -64,7 +64,9 @@ def validate_rows(df, name: str, skip_bad_rows: bool = False, need_usage: bool =
                         f"(found {', '.join(df.columns) or 'none'}; expected emotion,pixels,Usage)")
     pixels = df["pixels"].str.strip()
     problems = {}  # line number -> reason
-    good_pixels = pixels.str.fullmatch(_PIXELS_RE.pattern)
+    # Python's re, not pandas' .str.fullmatch: with pyarrow installed (analyze.py's parquet)
+    # pandas hands that to RE2, which refuses a repetition of 2,303.
+    good_pixels = pixels.map(lambda row: _PIXELS_RE.fullmatch(row) is not None).astype(bool)
     for i in np.flatnonzero(~good_pixels.to_numpy()):
         tokens = pixels.iat[i].split()
         if len(tokens) != N_PIXELS:
