@@ -18,6 +18,7 @@
     expressions.plots    the figures
     expressions.calibration  one temperature for honest probabilities; ECE and NLL
     expressions.collection  photo and video collections (analyze.py): local workers or Ray, resumable
+    expressions.evaluation  labelled photos of real faces, scored (evaluate_photos.py)
     expressions.web      the web app and HTTP API of serve.py (static/ holds its page)
     expressions.browser  the web app in headless Chromium with a fake webcam (its test and screenshot)
     expressions.hostile  decompression bombs and slow clients, for the tests and the server benchmark
@@ -61,7 +62,7 @@ class UserError(Exception):
 
 
 API = {"EmotionRecognizer": "api", "VideoStream": "api", "Frame": "api", "Face": "pipeline", "Second": "pipeline",
-       "ImageTooLarge": "faces", "analyze_collection": "collection"}
+       "ImageTooLarge": "faces", "analyze_collection": "collection", "evaluate_photos": "evaluation"}
 
 
 def __getattr__(name):  # the API's names, imported when first used

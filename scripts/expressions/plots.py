@@ -131,15 +131,18 @@ def timeline(rows, path, seconds):
 def reliability_diagram(panels, path, title):
     """One panel per prediction mode: accuracy against confidence in equal-width bins,
     before and after calibration. panels: {mode: {"before": rows, "after": rows,
-    "ece_before": e, "ece_after": e}}, rows as calibration.reliability gives them."""
+    "ece_before": e, "ece_after": e}}, rows as calibration.reliability gives them; "after"
+    may be left out, and "label_before"/"label_after" rename the lines."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.6), squeeze=False)
     for ax, (mode, panel) in zip(axes[0], panels.items()):
         ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
         for key, colour, label in (("before", "tab:orange", "before"), ("after", "tab:blue", "after")):
+            if key not in panel:
+                continue
             rows = [r for r in panel[key] if r[2] > 0]
             ax.plot([r[0] for r in rows], [r[1] for r in rows], "o-", color=colour, ms=4,
-                    label=f"{label}: ECE {panel['ece_' + key]:.1%}")
+                    label=f"{panel.get('label_' + key, label)}: ECE {panel['ece_' + key]:.1%}")
         ax.set_xlim(0, 1), ax.set_ylim(0, 1)
         ax.set_xlabel("confidence (the top probability)")
         ax.set_title(f"--tta {mode}")

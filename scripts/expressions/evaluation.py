@@ -1,0 +1,113 @@
+"""How the toolkit does on labelled photos of real faces (evaluate_photos.py): each photo
+through the photo pipeline (EmotionRecognizer.analyze, as predict.py reads it), the
+largest face's answer against the label.
+
+LABELS.csv has the columns file and emotion (names in any case, spaces around them
+ignored); files are relative to the CSV; an emotion is one of the seven in any case. Rows
+with another label, missing files and files that are not images are counted and reported,
+never fatal; a set with no face at all is."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from . import EMOTIONS, UserError
+from .calibration import ece, reliability
+
+PHOTO_COLUMNS = ["file", "label", "face_found", "predicted", "probability", *[e.lower() for e in EMOTIONS]]
+
+
+def read_labels(labels_csv):
+    """[(path, file as written, label index)] and {"other_labels": n} from LABELS.csv."""
+    labels_csv = Path(labels_csv)
+    try:
+        text = labels_csv.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {labels_csv}: {getattr(err, 'strerror', None) or err}") from None
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip().lower() for h in next(reader, [])]
+    if "file" not in header or "emotion" not in header:
+        raise UserError(f"{labels_csv} needs the columns file and emotion (found: {', '.join(header) or 'none'})")
+    file_at, emotion_at = header.index("file"), header.index("emotion")
+    names = {e.lower(): k for k, e in enumerate(EMOTIONS)}
+    rows, other = [], 0
+    for row in reader:
+        if len(row) <= max(file_at, emotion_at) or not row[file_at].strip():
+            other += bool(any(cell.strip() for cell in row))
+            continue
+        label = names.get(row[emotion_at].strip().lower())
+        if label is None:
+            other += 1
+            continue
+        rows.append((labels_csv.parent / row[file_at].strip(), row[file_at].strip(), label))
+    return rows, {"other_labels": other}
+
+
+def evaluate_photos(labels_csv, recognizer=None, progress=None):
+    """Every labelled photo of LABELS.csv through `recognizer` (an EmotionRecognizer;
+    default: predict.py's). Returns (report dict, per-photo rows). The report: counts
+    (photos, other labels, missing, unreadable, without a face), the face-found rate,
+    accuracy on the found faces and on every photo (no face counts as wrong), macro recall
+    and F1, per-class recall, precision and F1, the expected calibration error of the top
+    probability, the majority-class baseline and the confusion matrix."""
+    from .api import EmotionRecognizer
+    from .model import classification_report, model_path
+    labelled, counts = read_labels(labels_csv)
+    if not labelled:
+        raise UserError(f"no photo of {labels_csv} has one of the seven labels ({', '.join(EMOTIONS)})"
+                         + (f"; {counts['other_labels']} rows had other labels" if counts["other_labels"] else ""))
+    recognizer = recognizer or EmotionRecognizer()
+    counts.update(missing=0, unreadable=0, without_face=0)
+    rows, found_y, found_p = [], [], []
+    for k, (path, file, label) in enumerate(labelled, start=1):
+        if not path.is_file():
+            counts["missing"] += 1
+            continue
+        try:
+            faces = recognizer.analyze(path)
+        except UserError:
+            counts["unreadable"] += 1
+            continue
+        if progress:
+            progress(k, len(labelled))
+        if not faces:
+            counts["without_face"] += 1
+            rows.append([file, EMOTIONS[label], False, "", ""] + [""] * len(EMOTIONS))
+            continue
+        p = np.array([faces[0].probabilities[e] for e in EMOTIONS])  # the largest face
+        found_y.append(label)
+        found_p.append(p)
+        rows.append([file, EMOTIONS[label], True, faces[0].emotion, f"{p.max():.4f}", *[f"{v:.4f}" for v in p]])
+    read = len(rows)
+    if not found_y:
+        raise UserError(f"no face was found in any of the {read} photos read from {labels_csv}"
+                        + describe(counts))
+    y, p = np.array(found_y), np.array(found_p)
+    report = classification_report(y, p.argmax(1))
+    recalls = [report["per_class"][e]["recall"] for e in EMOTIONS if report["per_class"][e]["support"]]
+    all_labels = np.array([EMOTIONS.index(r[1]) for r in rows])
+    majority = int(np.bincount(all_labels, minlength=len(EMOTIONS)).argmax())
+    report.update({
+        "labels_csv": str(labels_csv), "labelled": len(labelled), **counts, "read": read,
+        "face_found_rate": len(y) / read, "accuracy_found": report["accuracy"],
+        "accuracy_all": float((y == p.argmax(1)).sum() / read),
+        "macro_recall": float(np.mean(recalls)), "ece": ece(p, y), "reliability": reliability(p, y),
+        "majority_baseline": {"emotion": EMOTIONS[majority], "accuracy": float((all_labels == majority).mean())},
+        "model": model_path(recognizer.model).name, "tta": recognizer.tta, "detector": recognizer.detector})
+    return report, rows
+
+
+def describe(counts):
+    said = [f"{counts[k]} {what}" for k, what in (("other_labels", "with other labels"), ("missing", "missing"),
+                                                   ("unreadable", "not images"), ("without_face", "without a face"))
+            if counts.get(k)]
+    return f" ({', '.join(said)})" if said else ""
+
+
+def photos_csv(rows):
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([PHOTO_COLUMNS] + rows)
+    return text.getvalue()
