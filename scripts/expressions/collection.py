@@ -22,7 +22,7 @@ import os
 import stat
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import EMOTIONS, UserError
@@ -72,7 +72,7 @@ class Input:
     size: int
     mtime_ns: int
     key: str = ""  # path, size, modification time and settings: the unit of "already done"
-    frames: int = 1  # a video's frame count from its header, for the progress bar
+    frames: int = 1  # a video's frame count from its header (read for those to do), for the progress bar
 
 
 @dataclass
@@ -145,8 +145,7 @@ def find_inputs(paths, settings: Settings, skip=()):
     for path, kind, st in found.values():
         fingerprint = fingerprints["video" if kind == "video" else "photo"]
         key = hashlib.sha256(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{fingerprint}".encode()).hexdigest()[:24]
-        inputs.append(Input(str(path), kind, st.st_size, st.st_mtime_ns, key,
-                            frame_count(path) if kind == "video" else 1))
+        inputs.append(Input(str(path), kind, st.st_size, st.st_mtime_ns, key))
     return inputs, problems
 
 
@@ -460,10 +459,8 @@ def retry(unit, todo, commit, why):
     if unit.attempts < ATTEMPTS:
         todo.append(unit)
     else:
-        commit(unit, ([], [{**common(i, None), "key": i.key, "status": "error",
-                            "reason": f"{why} {unit.attempts} times reading it", "faces": 0, "frames": 0,
-                            "seconds": 0.0, "elapsed": 0.0, "worker": None, "worker_peak_mb": None,
-                            "attempts": unit.attempts}
+        commit(unit, ([], [{**error_row(i.path, i.kind, f"{why} {unit.attempts} times reading it", i.size,
+                                        i.mtime_ns / 1e9), "key": i.key, "attempts": unit.attempts}
                            for i in unit.inputs]))
 
 
@@ -545,7 +542,7 @@ def analyze_collection(inputs, out, workers=None, address=None, csv=False, setti
     if not found and not problems:
         raise UserError(f"no photos or videos in {', '.join(map(str, inputs))}")
     done = parts.done_keys()
-    todo = [i for i in found if i.key not in done]
+    todo = [replace(i, frames=frame_count(i.path)) if i.kind == "video" else i for i in found if i.key not in done]
     if len(found) > len(todo):
         print(f"skipping {len(found) - len(todo):,} inputs an earlier run read (same size, modification time, "
               "model and options)", file=sys.stderr)
