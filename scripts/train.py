@@ -72,6 +72,30 @@ def parse_args(argv=None):
     p.add_argument("--init-from", default=None,
                    help="start from the weights of this trained .pkl of the same network (--width, --crop-px) "
                         "instead of random ones (default: none)")
+    p.add_argument("--ferplus", type=Path, default=None, metavar="VOTES_CSV",
+                   help="train toward the FER+ taggers' votes (fer2013new.csv, e.g. ../shared/data/fer2013/; ten "
+                        "votes per image, row-aligned with fer2013.csv): each target is --ferplus-label-share of "
+                        "the FER2013 label plus the rest spread as the taggers voted over the seven classes "
+                        "(contempt, unknown and not-a-face votes left out), with no label smoothing; images with "
+                        "no vote on the seven classes (mostly not faces) are dropped. Validation still scores "
+                        "the FER2013 labels (default: none, train on the labels)")
+    p.add_argument("--ferplus-label-share", type=float, default=0.5,
+                   help="with --ferplus: the FER2013 label's share of each target (default: %(default)s)")
+    p.add_argument("--class-balance", type=float, default=0.0, metavar="POWER",
+                   help="weigh each training image's loss by (images of the largest class / images of its "
+                        "class) ** POWER: 1 counts every class equally, 0.5 halfway (Disgust 4x, Happy 1x) "
+                        "(default: %(default)s, every image alike)")
+    p.add_argument("--regions", action="store_true",
+                   help="add two branches to the network that look at the eye region and the mouth region of "
+                        "the 48x48 face at full resolution (fixed positions of FER2013's framing, "
+                        "expressions/model.py), beside the whole face (default: off)")
+    p.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="k-fold cross-validation: train K networks, each holding out its own K-th of the "
+                        "training rows (stratified, --seed) as its validation; prints each fold's accuracy on "
+                        "its held-out rows, their mean and spread, and each network's and their ensemble's "
+                        "accuracy on the validation split, which none of them saw. The networks are saved as "
+                        "MODEL_foldN.pkl; folds already finished with the same options are kept when the "
+                        "command runs again (default: off, one network)")
     p.add_argument("--include-validation", action="store_true",
                    help="also train on the validation rows (all 28,709 Training rows): the final refit of a "
                         "recipe already chosen on validation. Nothing is held out, so the last epoch is kept "
@@ -134,6 +158,22 @@ def parse_args(argv=None):
         p.error(f"--crop-px must be even, from 32 to {IMAGE_SIZE}")
     if args.backbone != "vgg" and args.crop_px != IMAGE_SIZE:
         p.error("--crop-px is an option of our own CNN (--backbone vgg)")
+    if not 0 <= args.ferplus_label_share <= 1:
+        p.error("--ferplus-label-share must be 0 to 1")
+    if not 0 <= args.class_balance <= 1:
+        p.error("--class-balance must be 0 to 1")
+    if args.folds == 1 or not 0 <= args.folds <= 10:
+        p.error("--folds must be 2 to 10")
+    if args.ferplus and args.teacher:
+        p.error("--ferplus and --teacher both set the targets: choose one")
+    if args.folds and args.benchmark:
+        p.error("--benchmark times one network: leave out --folds")
+    if args.folds and args.include_validation:
+        p.error("--folds holds out rows of its own: it cannot train on the validation rows too")
+    if args.regions and (args.backbone != "vgg" or args.crop_px != IMAGE_SIZE):
+        p.error("--regions is an option of our own CNN (--backbone vgg) on the whole 48x48 face")
+    if args.ferplus:
+        args.label_smoothing = 0.0  # soft targets already
     if args.backbone == "mobilenet":
         if args.weights is None:  # no default: 'imagenet' would be a download
             p.error("--backbone mobilenet needs --weights: a path to mobilenet_2_5_224_tf_no_top.h5, "
@@ -151,7 +191,7 @@ def build_network(args, starting_weights=True):
     if args.backbone == "mobilenet":
         weights = None if args.weights == "none" or not starting_weights else args.weights
         return nets.build_mobilenet(weights, args.input_px, args.dropout)
-    return nets.build_cnn(args.width, args.dropout, args.crop_px)
+    return nets.build_cnn(args.width, args.dropout, args.crop_px, args.regions)
 
 
 def main(argv=None):
@@ -163,6 +203,8 @@ def main(argv=None):
 
     # ------------------------------------------------------------ data
     data = fer2013.load_prepared(args.data_dir)
+    if args.ferplus:
+        data = fer2013.load_ferplus(args.ferplus, data)
     if args.subset:
         data = fer2013.subset(data, args.subset, args.seed)
     if args.include_validation:
@@ -171,25 +213,70 @@ def main(argv=None):
         nets.load_model(args.teacher)  # a missing or unsafe model is refused before the long work
     starting = nets.load_model(args.init_from) if args.init_from else None
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
+    defaults = {"crop_px": IMAGE_SIZE, "include_validation": False, "teacher": None, "init_from": None,
+                "ferplus": None, "ferplus_label_share": 0.5, "class_balance": 0.0, "regions": False, "folds": 0}
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
-              and not (k == "crop_px" and v == IMAGE_SIZE) and not (k in ("include_validation", "teacher") and not v)
-              and not (k == "init_from" and v is None) and not (k == "teacher_copies" and not args.teacher)}
+              and not (k in defaults and v == defaults[k]) and not (k == "teacher_copies" and not args.teacher)
+              and not (k == "ferplus_label_share" and not args.ferplus)}
     if args.backbone == "vgg":  # options of the pre-trained model only
         for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):
             config.pop(k)
-    run = None if args.benchmark else training.RunFolder(out / f"{args.model_name}_run", config, args.fresh)
+    given = sys.argv[1:] if argv is None else argv  # the options this run was given, also in-process
+    command = " ".join(["python scripts/train.py", *map(str, given)])
+    if args.folds:
+        return train_folds(args, data, out, config, starting, command)
+    train_network(args, data, out, args.model_name, config, starting, command)
+    return 0
+
+
+def train_folds(args, data, out, config, starting, command):
+    """--folds K: K networks, each validated on its own K-th of the training rows, then
+    each and their ensemble on the validation split none of them saw."""
+    folds = fer2013.k_folds(data["y_train"], args.folds, args.seed)
+    held_out, names = [], []
+    for k in range(args.folds):
+        name = f"{args.model_name}_fold{k + 1}"
+        names.append(name)
+        fold_config = {**config, "fold": k + 1}
+        done = reports.finished_run(out, name, fold_config)
+        if done is not None:
+            print(f"fold {k + 1}/{args.folds}: finished before with these options ({out / (name + '.pkl')}), kept",
+                  flush=True)
+            held_out.append(done)
+            continue
+        print(f"fold {k + 1}/{args.folds}: training on {int((folds != k).sum()):,} images, validating on its "
+              f"{int((folds == k).sum()):,} held-out ones", flush=True)
+        fold_data = fer2013.fold_split(data, folds, k)
+        held_out.append(train_network(args, fold_data, out, name, fold_config, starting, command,
+                                      seed=args.seed + k))
+    summary = reports.fold_summary(out, names, held_out, data, args.model_name)
+    print(summary, flush=True)
+    return 0
+
+
+def train_network(args, data, out, model_name, config, starting, command, seed=None):
+    """Train, choose and save one network and its reports; returns the kept validation accuracy."""
+    seed = args.seed if seed is None else seed
+    run = None if args.benchmark else training.RunFolder(out / f"{model_name}_run", config, args.fresh)
     tf, keras = import_tensorflow()
     strategy = training.make_strategy(args.strategy)
-    keras.utils.set_random_seed(args.seed)
+    keras.utils.set_random_seed(seed)
     use_bf16 = args.mixed_precision == "on" or (args.mixed_precision == "auto" and training.cpu_has_bf16())
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if use_bf16 else "float32")
-    targets = None
+    targets, weights = None, None
     if args.teacher:  # the images the network will see, each with the teacher's probabilities
         data["x_train"], targets = training.teacher_labelled(data["x_train"], args.teacher, args.teacher_copies,
-                                                             args.seed)
-    train_ds, val_ds = training.make_datasets(data, args.batch_size, args.erase_prob, args.seed, args.crop_px,
-                                              targets)
+                                                             seed)
+    if args.ferplus:
+        x, y, targets, dropped = training.ferplus_targets(data, args.ferplus_label_share)
+        data = {**data, "x_train": x, "y_train": y}
+        print(f"FER+ votes: {len(x):,} training images, {dropped} with no vote on the seven classes dropped",
+              flush=True)
+    if args.class_balance:
+        weights = training.class_balance_weights(data["y_train"], args.class_balance)
+    train_ds, val_ds = training.make_datasets(data, args.batch_size, args.erase_prob, seed, args.crop_px,
+                                              targets, teacher=bool(args.teacher), sample_weights=weights)
     steps_per_epoch = len(data["x_train"]) // args.batch_size
     if steps_per_epoch < 1:
         raise UserError(f"{len(data['x_train'])} training images is fewer than one batch of {args.batch_size}")
@@ -198,7 +285,7 @@ def main(argv=None):
         with strategy.scope():
             rate = training.training_throughput(build_network(args), train_ds, args.benchmark)
         print(f"{args.backbone} width {args.width}, batch {args.batch_size}, {precision}: {rate:.0f} training images/s")
-        return 0
+        return None
 
     # ------------------------------------------------------------ model (new, or the interrupted run's)
     start = run.epochs_done
@@ -265,7 +352,7 @@ def main(argv=None):
 
     # ------------------------------------------------------------ save
     wall_minutes = sum(run.state["wall_seconds"]) / 60
-    model_path = out / f"{args.model_name}.pkl"
+    model_path = out / f"{model_name}.pkl"
     try:
         nets.save_model(final, model_path)  # a temporary file, removed if this fails
     except OSError as err:
@@ -275,16 +362,17 @@ def main(argv=None):
     print(f"saved {model_path} (epoch {kept_epoch}, {val_note}); training took {wall_minutes:.1f} min", flush=True)
 
     # ------------------------------------------------------------ report
-    given = sys.argv[1:] if argv is None else argv  # the options this run was given, also in-process
-    metrics = {"model": model_path.name, "command": " ".join(["python scripts/train.py", *map(str, given)]),
+    metrics = {"model": model_path.name, "command": command,
                "epochs_run": len(history), "kept_epoch": kept_epoch, "val_accuracy": kept_val,
                "trained_on_validation": args.include_validation,
                "batch_norm_pass": batch_norm, "train_wall_minutes": wall_minutes,
                "parameters": int(final.count_params()), "config": config,
                "machine": {**machine(), "tensorflow": tf.__version__, "keras": keras.__version__}}
-    reports.write_reports(final, metrics, history, data, out, args.model_name, evaluate_test=not args.no_evaluate)
-    run.finish(reports.artifact(out, args.model_name, "tensorboard"))
-    return 0
+    reports.write_reports(final, metrics, history, data, out, model_name, evaluate_test=not args.no_evaluate)
+    run.finish(reports.artifact(out, model_name, "tensorboard"))
+    return kept_val
+
+
 
 
 if __name__ == "__main__":

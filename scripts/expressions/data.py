@@ -266,8 +266,8 @@ def load_test_csv(path: Path):
 def validation_in_training(data):
     """The validation rows added to the training rows, for the final refit of a chosen
     recipe; they stay in x_val too, so each epoch still reports on them (as seen images)."""
-    return {**data, "x_train": np.concatenate([data["x_train"], data["x_val"]]),
-            "y_train": np.concatenate([data["y_train"], data["y_val"]])}
+    return {**data, **{f"{k}_train": np.concatenate([data[f"{k}_train"], data[f"{k}_val"]])
+                       for k in ("x", "y", "ferplus") if f"{k}_train" in data}}
 
 
 def subset(data, n_train, seed):
@@ -276,5 +276,71 @@ def subset(data, n_train, seed):
     rng = np.random.default_rng(seed)
     tr = rng.permutation(len(data["x_train"]))[:n_train]
     va = rng.permutation(len(data["x_val"]))[:max(n_train // 4, 1)]
-    return {**data, "x_train": data["x_train"][tr], "y_train": data["y_train"][tr],
-            "x_val": data["x_val"][va], "y_val": data["y_val"][va]}
+    return {**data, **{f"{k}_train": data[f"{k}_train"][tr] for k in ("x", "y", "ferplus") if f"{k}_train" in data},
+            **{f"{k}_val": data[f"{k}_val"][va] for k in ("x", "y", "ferplus") if f"{k}_val" in data}}
+
+
+# ---------------------------------------------------------------- FER+ votes
+# fer2013new.csv (Microsoft's FER+, MIT): ten taggers' votes per FER2013 image, row-aligned
+# with fer2013.csv. Its columns for our seven classes, in EMOTIONS order; contempt, unknown
+# and NF (not a face) have no class of ours and are left out of the targets.
+FERPLUS_COLUMNS = ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
+
+
+def load_ferplus(path: Path, data: dict) -> dict:
+    """`data` with the FER+ votes over the seven classes added as ferplus_train, ferplus_val
+    and ferplus_test (float32 [n,7], rows aligned with x_train, x_val, x_test). An image
+    FER+ dropped (blank name) or that got no vote on the seven classes has all-zero votes:
+    its taggers called it not a face, or nothing of ours."""
+    import pandas as pd
+    path = Path(path)
+    try:
+        votes = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read the FER+ votes {path}: {str(err).splitlines()[0]}") from None
+    missing = [c for c in ["Usage", "Image name", *FERPLUS_COLUMNS] if c not in votes.columns]
+    if missing:
+        raise UserError(f"{path} is not FER+'s fer2013new.csv: no column {', '.join(missing)}")
+    counts = votes[FERPLUS_COLUMNS].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy(np.float32, copy=True)
+    counts[votes["Image name"].isna().to_numpy()] = 0
+    usage = votes["Usage"].astype(str).to_numpy()
+    training, test = counts[usage == "Training"], counts[usage != "Training"]
+    n_training = len(data["x_train"]) + len(data["x_val"])
+    if len(training) != n_training or len(test) != len(data["x_test"]) or \
+            list(usage[usage != "Training"]) != list(data["usage_test"]):
+        raise UserError(f"{path} does not line up with the prepared data ({len(training):,} Training and "
+                        f"{len(test):,} test rows against {n_training:,} and {len(data['x_test']):,}): FER+ "
+                        "needs every row of the original fer2013.csv (prepared without --skip-bad-rows)")
+    is_val = np.zeros(n_training, bool)
+    is_val[data["val_rows_in_train_csv"]] = True
+    return {**data, "ferplus_train": training[~is_val], "ferplus_val": training[is_val], "ferplus_test": test}
+
+
+def ferplus_majority(votes):
+    """The FER+ majority label of each row (the class with the most votes, ties to the first
+    in EMOTIONS order), -1 where no vote fell on the seven classes."""
+    votes = np.asarray(votes)
+    return np.where(votes.sum(1) > 0, votes.argmax(1), -1)
+
+
+# ---------------------------------------------------------------- k-fold cross-validation
+def k_folds(y, k, seed):
+    """Fold number (0..k-1) of each training row: every class dealt evenly over the folds
+    in a random order fixed by `seed`."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), int)
+    for label in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        fold[idx] = np.arange(len(idx)) % k
+    return fold
+
+
+def fold_split(data, fold, k):
+    """The data for fold k: trains on the training rows of the other folds and validates on
+    its own; the validation split and the test rows are set aside (x_val becomes the fold's
+    held-out rows)."""
+    held = fold == k
+    split = {f"{name}_{part}": data[f"{name}_train"][rows]
+             for name in ("x", "y", "ferplus") if f"{name}_train" in data
+             for part, rows in (("train", ~held), ("val", held))}
+    return {**data, **split}

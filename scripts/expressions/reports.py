@@ -185,3 +185,41 @@ def test_lines(metrics):
                        f"(PublicTest {m['accuracy_PublicTest']:.2%}, PrivateTest {m['accuracy_PrivateTest']:.2%}), "
                        f"macro-F1 {m['macro_f1']:.3f}")
     return run
+
+
+def finished_run(out: Path, model_name: str, config: dict):
+    """The kept validation accuracy of a run already finished in `out` with exactly this
+    config (its model and metrics.json there), else None: lets --folds resume by fold."""
+    try:
+        record = json.loads(artifact(out, model_name, "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not (Path(out) / f"{model_name}.pkl").is_file() or not isinstance(record, dict) or \
+            record.get("config") != config or not isinstance(record.get("val_accuracy"), float):
+        return None
+    return record["val_accuracy"]
+
+
+def fold_summary(out: Path, names, held_out, data, model_name):
+    """--folds' report: each fold's accuracy on its held-out rows, their mean and spread,
+    then each fold's network and their ensemble (the mean of their probabilities) on the
+    validation split, which none of them trained on. Written to MODEL_folds.json; returns
+    the printed lines."""
+    import numpy as np
+    from .model import load_model
+    y = data["y_val"].astype(int)
+    proba = [predict_in_batches(load_model(str(Path(out) / f"{name}.pkl")), data["x_val"], DEFAULT_TTA)
+             for name in names]
+    members = [float(np.mean(p.argmax(1) == y)) for p in proba]
+    ensemble = float(np.mean(np.mean(proba, axis=0).argmax(1) == y))
+    record = {"folds": len(names), "models": [f"{name}.pkl" for name in names],
+              "held_out_accuracy": held_out, "held_out_mean": float(np.mean(held_out)),
+              "held_out_std": float(np.std(held_out, ddof=1)), "tta": DEFAULT_TTA,
+              "validation_accuracy": members, "ensemble_validation_accuracy": ensemble}
+    write_json(Path(out) / f"{model_name}_folds.json", record)
+    lines = [f"fold {k + 1}: {acc:.2%} on its held-out rows (single pass), {val:.2%} on the validation split "
+             f"({DEFAULT_TTA})" for k, (acc, val) in enumerate(zip(held_out, members))]
+    lines.append(f"{len(names)} folds: held-out accuracy {record['held_out_mean']:.2%} mean, "
+                 f"{record['held_out_std']:.2%} standard deviation; ensemble of the {len(names)} on the validation "
+                 f"split ({len(y):,} images, {DEFAULT_TTA}): {ensemble:.2%}")
+    return "\n".join(lines)

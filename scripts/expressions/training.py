@@ -70,31 +70,60 @@ def _whole_pixels(n, k):
     return tf.cast(tf.random.uniform([n], -k, k + 1, dtype=tf.int32), tf.float32)
 
 
-def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE, train_targets=None):
+def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE, train_targets=None, teacher=False,
+                  sample_weights=None):
     """Shuffled, augmented training batches and plain validation batches, one-hot labels.
-    With `train_targets` (a teacher's probabilities [n,7] of exactly these images) the
-    training images are only mirrored: the teacher's probabilities average the mirror, so
-    they still hold, where a warp or an erased patch would change what the teacher says."""
+    `train_targets` [n,7] replaces the training labels (probabilities of exactly these
+    images). With teacher=True they are a teacher's and the images are only mirrored: the
+    teacher's probabilities average the mirror, so they still hold, where a warp or an
+    erased patch would change what the teacher says; other targets (the FER+ votes)
+    describe the face, not its pixels, and follow every warp. `sample_weights` [n] weigh
+    each training image's loss."""
     import tensorflow as tf
     n_classes = len(EMOTIONS)
     y_train = np.eye(n_classes, dtype=np.float32)[data["y_train"].astype(int)]
     augment = make_augment(erase_prob, crop_px=crop_px)
     if train_targets is not None:
         y_train = np.asarray(train_targets, np.float32)
+    if teacher:
         augment = make_augment(0.0, max_rotation_deg=0.0, max_shift=0.0, zoom=0.0, crop_px=crop_px)
     y_val = np.eye(n_classes, dtype=np.float32)[data["y_val"].astype(int)]
 
-    def to_ds(x, y, train):
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
+    def to_ds(x, y, train, weights=None):
+        ds = tf.data.Dataset.from_tensor_slices((x, y) if weights is None else (x, y, weights))
         if train:
             ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size, drop_remainder=train)
-        ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
+        ds = ds.map(lambda a, *rest: (tf.cast(a, tf.float32), *rest))
         if train:
-            ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.map(lambda a, b, *rest: (*augment(a, b), *rest), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    return to_ds(data["x_train"], y_train, True), to_ds(data["x_val"], y_val, False)
+    weights = None if sample_weights is None else np.asarray(sample_weights, np.float32)
+    return to_ds(data["x_train"], y_train, True, weights), to_ds(data["x_val"], y_val, False)
+
+
+def ferplus_targets(data, label_share=0.5):
+    """Training targets from the FER+ votes: label_share of the one-hot FER2013 label plus
+    the rest spread as the taggers voted over the seven classes. Images with no vote on the
+    seven classes (FER+ calls most of them not a face) are dropped. Returns the training
+    images kept, their labels, their targets and how many were dropped."""
+    votes = data["ferplus_train"]
+    kept = votes.sum(1) > 0
+    one_hot = np.eye(len(EMOTIONS), dtype=np.float32)[data["y_train"][kept].astype(int)]
+    share = votes[kept] / votes[kept].sum(1, keepdims=True)
+    targets = label_share * one_hot + (1 - label_share) * share
+    return data["x_train"][kept], data["y_train"][kept], targets.astype(np.float32), int((~kept).sum())
+
+
+def class_balance_weights(y, power=0.5):
+    """Per-image loss weights (n_largest / n_class) ** power, scaled to a mean of 1 over the
+    images: power 1 weighs every class equally, 0.5 halfway on a log scale (Disgust's 392
+    training faces then count 4x, Happy's 6,494 once)."""
+    counts = np.bincount(np.asarray(y, int), minlength=len(EMOTIONS)).astype(float)
+    per_class = (counts.max() / np.maximum(counts, 1)) ** power
+    weights = per_class[np.asarray(y, int)]
+    return (weights / weights.mean()).astype(np.float32)
 
 
 def teacher_labelled(x, teacher, copies, seed, batch_size=256):

@@ -9,7 +9,14 @@ where exactly one of the two models is right) can: it is how iterations.md decid
 
 Prints each model's validation accuracy, the ensemble's (the mean of the two models'
 probabilities), and McNemar's p for A against the baseline and for the ensemble against
-the baseline. Test images are not used.
+the baseline; beside accuracy, each one's macro recall (the mean of the seven recalls),
+Disgust recall and expected calibration error. A model may be several joined by "+" (their
+mean, as ensemble.py builds it). With --ferplus, also accuracy on the FER+ taggers'
+majority label of each validation image that has one, paired the same way. Test images are
+not used.
+
+    python scripts/measure/compare_models.py results/model/runs/run24_ferplus.pkl --ferplus ../shared/data/fer2013/fer2013new.csv
+    python scripts/measure/compare_models.py A.pkl --baseline run3b.pkl+run10_seed2.pkl+run13_crop44.pkl
 """
 import argparse
 import sys
@@ -17,7 +24,10 @@ from math import comb
 from pathlib import Path
 
 
+import numpy as np
+
 from expressions import DATA_DIR, ROOT, run_cli
+from expressions import calibration
 from expressions import data as fer2013
 from expressions import model as nets
 from expressions import reports
@@ -25,13 +35,16 @@ from expressions import reports
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("candidate", help="the model to compare (a .pkl path, or own / pre_trained)")
+    p.add_argument("candidate", help="the model to compare (a .pkl path, or own / pre_trained; several joined "
+                                     "by + are averaged)")
     # Defaults shown relative to the project: its absolute path is this machine's, not the tool's.
     p.add_argument("--baseline", default=nets.HELD_OUT_MODEL,
                    help=f"the model it is compared with (default: {nets.HELD_OUT_MODEL.relative_to(ROOT)} in the "
                         "project, one network of the committed recipe; the committed model trained on the "
-                        "validation rows, so it cannot be judged there)")
+                        "validation rows, so it cannot be judged there; several joined by + are averaged)")
     nets.add_tta_option(p)
+    p.add_argument("--ferplus", type=Path, default=None, metavar="VOTES_CSV",
+                   help="FER+'s fer2013new.csv: also score the FER+ majority labels (default: off)")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR,
                    help=f"prepared data (default: {DATA_DIR.relative_to(ROOT)}/ in the project)")
     return p.parse_args(argv)
@@ -47,24 +60,46 @@ def mcnemar_p(a_right, b_right):
     return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n), only_a, only_b
 
 
+def model_probabilities(names, x, tta):
+    """The mean probabilities of the models named in `names` ("a.pkl+b.pkl")."""
+    members = names.split("+")
+    return sum(nets.predict_in_batches(nets.load_model(m), x, tta) for m in members) / len(members)
+
+
+def figures(proba, y):
+    """Accuracy, macro recall, Disgust recall and ECE of probabilities against labels."""
+    report = nets.classification_report(y, proba.argmax(1))
+    recalls = {k: v["recall"] for k, v in report["per_class"].items()}
+    return {"accuracy": report["accuracy"], "macro_recall": float(np.mean(list(recalls.values()))),
+            "disgust_recall": recalls["Disgust"], "ece": calibration.ece(proba, y)}
+
+
 def main(argv=None):
     args = parse_args(argv)
-    for name in (args.candidate, args.baseline):
+    args.baseline = str(args.baseline)
+    for name in (*args.candidate.split("+"), *args.baseline.split("+")):
         reports.require_held_out(name, "a comparison on them would flatter it; compare the same recipe "
                                        "trained without them")
     data = fer2013.load_prepared(args.data_dir)
-    x, y = data["x_val"], data["y_val"].astype(int)
-    p_base = nets.predict_in_batches(nets.load_model(args.baseline), x, args.tta)
-    p_cand = nets.predict_in_batches(nets.load_model(args.candidate), x, args.tta)
-    right = {"baseline": p_base.argmax(1) == y, "candidate": p_cand.argmax(1) == y,
-             "ensemble": ((p_base + p_cand) / 2).argmax(1) == y}
-    print(f"validation, {len(y):,} images, --tta {args.tta}")
-    for name, path in (("baseline", args.baseline), ("candidate", args.candidate), ("ensemble", "mean of both")):
-        print(f"  {name:<10} {right[name].mean():.2%}  ({path})")
-    for name in ("candidate", "ensemble"):
-        p, only_new, only_base = mcnemar_p(right[name], right["baseline"])
-        print(f"  {name} vs baseline: {100 * (right[name].mean() - right['baseline'].mean()):+.2f} points; "
-              f"right only in {name} {only_new}, only in baseline {only_base}; McNemar p = {p:.3f}")
+    labels = {"FER2013 labels": data["y_val"].astype(int)}
+    if args.ferplus:
+        majority = fer2013.ferplus_majority(fer2013.load_ferplus(args.ferplus, data)["ferplus_val"])
+        labels["FER+ majority labels"] = majority
+    proba = {"baseline": model_probabilities(args.baseline, data["x_val"], args.tta),
+             "candidate": model_probabilities(args.candidate, data["x_val"], args.tta)}
+    proba["ensemble"] = (proba["baseline"] + proba["candidate"]) / 2
+    for what, y in labels.items():
+        kept = y >= 0
+        print(f"validation, {what}, {kept.sum():,} images, --tta {args.tta}")
+        right = {name: p[kept].argmax(1) == y[kept] for name, p in proba.items()}
+        for name, path in (("baseline", args.baseline), ("candidate", args.candidate), ("ensemble", "mean of both")):
+            f = figures(proba[name][kept], y[kept])
+            print(f"  {name:<10} {f['accuracy']:.2%}  macro recall {f['macro_recall']:.2%}  Disgust recall "
+                  f"{f['disgust_recall']:.2%}  ECE {f['ece']:.4f}  ({path})")
+        for name in ("candidate", "ensemble"):
+            p, only_new, only_base = mcnemar_p(right[name], right["baseline"])
+            print(f"  {name} vs baseline: {100 * (right[name].mean() - right['baseline'].mean()):+.2f} points; "
+                  f"right only in {name} {only_new}, only in baseline {only_base}; McNemar p = {p:.3f}")
     return 0
 
 
