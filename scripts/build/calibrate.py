@@ -12,6 +12,13 @@ the model still takes raw pixels and returns 7 probabilities.
     python scripts/build/calibrate.py --dry-run    # fit and report only
     python scripts/build/calibrate.py --temperature 0.845  # a model refit on the validation rows (train.py
                                              # --include-validation): apply its twin's T, fit nothing
+    python scripts/build/calibrate.py --prior-adjustment 0.6 --temperature T   # the committed model
+
+--prior-adjustment TAU first takes TAU x the log of each class's training share off the
+logits (logit adjustment: Disgust, the rarest class, is said more often), chosen on the
+validation split by `python scripts/measure/logit_adjustment.py` (iterations.md, section
+12); the temperature is then fitted (or given) for the adjusted logits, and both are
+folded: the model outputs softmax((z - TAU log prior) / T).
 
 Reports, on the 7,178 test images and for each prediction mode: accuracy, expected
 calibration error (15 bins) and negative log-likelihood before and after, in
@@ -46,12 +53,24 @@ def parse_args(argv=None):
                    help="apply this T instead of fitting one: for a model that trained on the validation rows "
                         "(train.py --include-validation), where a fit would find them too easy; give the T "
                         "fitted for the same recipe trained without them (default: fit on validation)")
+    p.add_argument("--match", default=None, metavar="MODEL",
+                   help="fit the logit adjustment and T together so that the model's probabilities on the "
+                        "validation images come closest to MODEL's (least cross-entropy; no labels used): for a "
+                        "model distilled from MODEL before MODEL was adjusted, such as the stream's fast model, "
+                        "which trained on those rows (default: fit T to the labels)")
+    p.add_argument("--prior-adjustment", type=float, default=0.0, metavar="TAU",
+                   help="logit adjustment folded in before the temperature: TAU x the log of each class's share "
+                        "of the training rows taken off the logits (default: %(default)s, none)")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="prepared data (default: %(default)s)")
     p.add_argument("--out", type=Path, default=MODEL_DIR,
                    help="folder for calibration.json and calibration.png (default: %(default)s)")
     args = p.parse_args(argv)
     if args.temperature is not None and not args.temperature > 0:
         p.error("--temperature must be positive")
+    if args.match and (args.temperature is not None or args.prior_adjustment):
+        p.error("--match fits the adjustment and T: leave out --temperature and --prior-adjustment")
+    if not 0 <= args.prior_adjustment <= 2:
+        p.error("--prior-adjustment must be 0 to 2")
     return args
 
 
@@ -59,7 +78,7 @@ def main(argv=None):
     args = parse_args(argv)
     json_path, figure_path = check_file(args.out / "calibration.json"), check_file(args.out / "calibration.png")
     path = nets.model_path(args.model)
-    if args.temperature is None:
+    if args.temperature is None and not args.match:
         reports.require_held_out(args.model, "a temperature fitted there would be too sharp; give --temperature "
                                              "(0.845 for the committed model; --temperature 1 --dry-run shows "
                                              "its figures as they are)")
@@ -68,8 +87,21 @@ def main(argv=None):
     model = nets.load_model(args.model)
     data = fer2013.load_prepared(args.data_dir)
     y_val, y_test = data["y_val"].astype(int), data["y_test"].astype(int)
+    if args.prior_adjustment:  # "before" below is the adjusted model with T = 1
+        calibration.fold_prior_adjustment(model, calibration.training_log_prior(data), args.prior_adjustment)
+        print(f"logit adjustment: tau = {args.prior_adjustment:g} x log prior taken off the logits", flush=True)
 
-    if args.temperature is None:
+    if args.match:
+        print(f"fitting the logit adjustment and the temperature to {args.match}'s probabilities on the "
+              f"{len(y_val):,} validation images, --tta {args.tta}", flush=True)
+        target = nets.predict_in_batches(nets.load_model(args.match), data["x_val"], args.tta)
+        args.prior_adjustment, t = calibration.fit_to_model(
+            calibration.view_log_probabilities(model, data["x_val"], args.tta), target,
+            calibration.training_log_prior(data))
+        calibration.fold_prior_adjustment(model, calibration.training_log_prior(data), args.prior_adjustment)
+        print(f"logit adjustment: tau = {args.prior_adjustment:.3f} x log prior taken off the logits", flush=True)
+        fitted_on = f"validation, toward {args.match}"
+    elif args.temperature is None:
         print(f"fitting the temperature on the {len(y_val):,} validation images, --tta {args.tta}", flush=True)
         t = calibration.fit_temperature(calibration.view_log_probabilities(model, data["x_val"], args.tta), y_val)
         fitted_on = "validation"
@@ -95,13 +127,15 @@ def main(argv=None):
         print(f"| {mode} | {row['accuracy_before']:.2%} | {row['accuracy_after']:.2%} | {row['ece_before']:.2%} | "
               f"{row['ece_after']:.2%} | {row['nll_before']:.4f} | {row['nll_after']:.4f} |", flush=True)
 
-    write_json(json_path, {"model": path.name, "temperature": t, "fitted_on": fitted_on, "fitted_for_tta": args.tta,
+    write_json(json_path, {"model": path.name, "prior_adjustment": args.prior_adjustment,
+                           "temperature": t, "fitted_on": fitted_on, "fitted_for_tta": args.tta,
                            "ece_bins": calibration.ECE_BINS, "test": figures, "folded": not args.dry_run,
                            "command": " ".join(["python scripts/build/calibrate.py",
                                                 *map(str, sys.argv[1:] if argv is None else argv)])})
-    plots.reliability_diagram(panels, figure_path, f"{path.name} on the {len(y_test):,} test images: one temperature "
-                              f"T = {t:.3g} " + (f"fitted on validation ({args.tta})" if fitted_on == "validation"
-                                                 else "given (--temperature)"))
+    adjusted = f"logit adjustment tau = {args.prior_adjustment:g}, then " if args.prior_adjustment else ""
+    plots.reliability_diagram(panels, figure_path, f"{path.name} on the {len(y_test):,} test images: {adjusted}one "
+                              f"temperature T = {t:.3g} " + ("given (--temperature)" if fitted_on == "given"
+                                                             else f"fitted on {fitted_on} ({args.tta})"))
     print(f"wrote {json_path} and {figure_path}")
     if not args.dry_run:
         nets.save_model(calibration.fold_temperature(model, t), path)

@@ -27,6 +27,16 @@ def with_temperature(view_log_p, t):
     return (p / p.sum(-1, keepdims=True)).mean((0, 1))
 
 
+def with_prior_adjustment(view_log_p, log_prior, tau):
+    """The mode's probabilities [n, 7] if every view's and member's logits had tau x the log
+    class prior taken off (logit adjustment: rarer classes said more often), which is what
+    fold_prior_adjustment makes the model compute."""
+    z = view_log_p - tau * np.asarray(log_prior)
+    z -= z.max(-1, keepdims=True)
+    p = np.exp(z)
+    return (p / p.sum(-1, keepdims=True)).mean((0, 1))
+
+
 def nll(p, y):
     return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean())
 
@@ -73,6 +83,43 @@ def fit_temperature(view_log_p, y):
             b = lo + g * (hi - lo)
             fb = nll(with_temperature(view_log_p, np.exp(b)), y)
     return float(np.exp((lo + hi) / 2))
+
+
+def fold_prior_adjustment(model, log_prior, tau):
+    """Take tau x log_prior off the last layer's logits, in place (each member's, in an
+    ensemble; before any temperature is folded, so that the logits become
+    (z - tau log prior) / T): logit adjustment, which trades a little accuracy for the
+    rare classes' recall (iterations.md, section 12)."""
+    for member in ensemble_members(model):
+        layer = member.layers[-1]
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel, bias - tau * np.asarray(log_prior, bias.dtype)])
+    return model
+
+
+def training_log_prior(data):
+    """log of each class's share of the training rows (x_train and x_val: the same shares,
+    the validation split being stratified)."""
+    y = np.concatenate([data["y_train"], data["y_val"]]).astype(int)
+    return np.log(np.bincount(y, minlength=7) / len(y))
+
+
+def fit_to_model(view_log_p, target_p, log_prior):
+    """The logit adjustment tau in [0, 1.5] and temperature T in [0.05, 20] whose
+    probabilities, softmax((z - tau log prior) / T), come closest to another model's (the
+    least cross-entropy from target_p): for a model that learnt that model's probabilities
+    before it was adjusted, and trained on the validation rows, where labels would find it
+    too sure. A coarse grid, then a finer one around its best point."""
+    def cross_entropy(tau, t):
+        p = with_temperature(view_log_p - tau * np.asarray(log_prior), t)
+        return float(-(target_p * np.log(np.clip(p, 1e-12, 1))).sum(1).mean())
+
+    def best(taus, ts):
+        return min(((cross_entropy(a, t), a, t) for a in taus for t in ts))[1:]
+
+    tau, t = best(np.linspace(0, 1.5, 31), np.exp(np.linspace(np.log(0.05), np.log(20.0), 61)))
+    tau, t = best(np.clip(tau + np.linspace(-0.05, 0.05, 11), 0, 1.5), t * np.exp(np.linspace(-0.1, 0.1, 21)))
+    return float(tau), float(t)
 
 
 def fold_temperature(model, t):

@@ -1,0 +1,192 @@
+"""Issue 40's model levers: the FER+ votes lined up with FER2013's rows, their targets, the
+class-balance weights, k-fold splits, the eye and mouth regions network, logit adjustment
+folded into a model; and (full tier) one tiny train.py run with all of them, resumed by fold."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SHARED, TINY, assert_clean_error, full, needs_shared, run_script
+from expressions import EMOTIONS, UserError
+from expressions import calibration, training
+from expressions import data as fer2013
+from expressions import model as nets
+
+VOTE_COLUMNS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF"]
+
+
+def fake_prepared(n_train=6, val_rows=(1, 4), usage_test=("PublicTest", "PublicTest", "PrivateTest")):
+    """A prepared-data dict whose pixels say which fer2013.csv row they came from."""
+    n_training = n_train + len(val_rows)
+    is_val = np.isin(np.arange(n_training), val_rows)
+    rows = np.arange(n_training)
+    return {"x_train": rows[~is_val], "y_train": rows[~is_val] % 7, "x_val": rows[is_val],
+            "y_val": rows[is_val] % 7, "x_test": np.arange(len(usage_test)) + n_training,
+            "usage_test": np.array(usage_test), "val_rows_in_train_csv": np.array(val_rows)}
+
+
+def write_votes(path, usages, blank=()):
+    """FER+-format votes where row r has r + 1 votes for anger and 1 for neutral."""
+    rows = []
+    for r, usage in enumerate(usages):
+        votes = dict.fromkeys(VOTE_COLUMNS, 0)
+        votes["anger"], votes["neutral"] = r + 1, 1
+        rows.append({"Usage": usage, "Image name": "" if r in blank else f"fer{r:07d}.png", **votes})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_ferplus_votes_follow_the_rows_into_train_validation_and_test(tmp_path):
+    data = fake_prepared()
+    path = write_votes(tmp_path / "votes.csv", ["Training"] * 8 + ["PublicTest"] * 2 + ["PrivateTest"], blank=(2,))
+    out = fer2013.load_ferplus(path, data)
+    angry, neutral = EMOTIONS.index("Angry"), EMOTIONS.index("Neutral")
+    # Each split's votes belong to the same fer2013.csv rows as its pixels.
+    for split in ("train", "val", "test"):
+        rows = out[f"x_{split}"]
+        expected = np.zeros((len(rows), 7), np.float32)
+        expected[:, angry], expected[:, neutral] = rows + 1, 1
+        expected[rows == 2] = 0  # FER+ blanked its name: not a face
+        np.testing.assert_array_equal(out[f"ferplus_{split}"], expected)
+    assert list(fer2013.ferplus_majority(out["ferplus_train"])) == [angry, -1, angry, angry, angry, angry]
+    # Subsets and the refit carry the votes with their rows.
+    refit = fer2013.validation_in_training(out)
+    np.testing.assert_array_equal(refit["ferplus_train"][:, angry] - 1, np.where(refit["x_train"] == 2, -1,
+                                                                                   refit["x_train"]))
+
+
+def test_ferplus_votes_that_do_not_line_up_are_one_line(tmp_path):
+    data = fake_prepared()
+    short = write_votes(tmp_path / "short.csv", ["Training"] * 7 + ["PublicTest"] * 2 + ["PrivateTest"])
+    with pytest.raises(UserError, match="does not line up"):
+        fer2013.load_ferplus(short, data)
+    swapped = write_votes(tmp_path / "swapped.csv", ["Training"] * 8 + ["PrivateTest"] + ["PublicTest"] * 2)
+    with pytest.raises(UserError, match="does not line up"):
+        fer2013.load_ferplus(swapped, data)
+    (tmp_path / "other.csv").write_text("emotion,pixels\n0,1 2 3\n")
+    with pytest.raises(UserError, match="not FER\\+'s fer2013new.csv"):
+        fer2013.load_ferplus(tmp_path / "other.csv", data)
+    with pytest.raises(UserError, match="cannot read"):
+        fer2013.load_ferplus(tmp_path / "missing.csv", data)
+
+
+def test_ferplus_targets_mix_the_label_with_the_votes_and_drop_non_faces():
+    data = {"x_train": np.arange(3), "y_train": np.array([0, 3, 6]),
+            "ferplus_train": np.array([[0, 0, 0, 10, 0, 0, 0], [0] * 7, [2, 0, 0, 0, 0, 0, 6]], np.float32)}
+    x, y, targets, dropped = training.ferplus_targets(data, label_share=0.5)
+    assert dropped == 1 and list(x) == [0, 2] and list(y) == [0, 6]
+    np.testing.assert_allclose(targets, [[0.5, 0, 0, 0.5, 0, 0, 0], [0.125, 0, 0, 0, 0, 0, 0.875]])
+
+
+def test_class_balance_weights_average_one_and_favour_rare_classes():
+    y = np.array([0] * 100 + [1] * 4 + [3] * 400)
+    w = training.class_balance_weights(y, power=0.5)
+    assert w.mean() == pytest.approx(1)
+    assert w[100] / w[0] == pytest.approx(5) and w[0] / w[104] == pytest.approx(2)  # (100/4)^0.5, (400/100)^0.5
+    assert np.allclose(training.class_balance_weights(y, power=0.0), 1)
+
+
+def test_k_folds_deal_every_class_evenly_and_the_splits_partition_training():
+    y = np.repeat(np.arange(7), [50, 7, 23, 90, 31, 12, 40])
+    fold = fer2013.k_folds(y, 5, seed=3)
+    for label in range(7):
+        counts = np.bincount(fold[y == label], minlength=5)
+        assert counts.max() - counts.min() <= 1
+    data = {"x_train": np.arange(len(y)), "y_train": y, "x_val": np.array([-1]), "y_val": np.array([0])}
+    seen = []
+    for k in range(5):
+        split = fer2013.fold_split(data, fold, k)
+        assert not set(split["x_train"]) & set(split["x_val"])
+        seen.extend(split["x_val"])
+    assert sorted(seen) == list(range(len(y)))
+    assert not np.array_equal(fold, fer2013.k_folds(y, 5, seed=4))
+
+
+def test_regions_network_sees_the_eyes_and_the_mouth_at_full_resolution():
+    model = nets.build_cnn(8, regions=True)
+    (top, bottom), (left, right) = nets.EYE_REGION
+    assert model.get_layer("eyes_region").output.shape[1:3] == (bottom - top, right - left)
+    (top, bottom), (left, right) = nets.MOUTH_REGION
+    assert model.get_layer("mouth_region").output.shape[1:3] == (bottom - top, right - left)
+    # Each branch reaches the head: changing only the mouth pixels changes the output.
+    x = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 1)).astype("float32")
+    whole = nets.build_cnn(8)
+    changed = x.copy()
+    changed[:, 40:44, 20:28] = 0
+    assert not np.allclose(model.predict(x, verbose=0), model.predict(changed, verbose=0))
+    assert model.count_params() > whole.count_params()
+
+
+def test_folded_logit_adjustment_computes_what_was_measured():
+    members = [nets.build_cnn(8, 0.0), nets.build_cnn(8, 0.0)]
+    ensemble = nets.build_ensemble(members)
+    x = np.random.default_rng(1).uniform(0, 255, (16, 48, 48, 1)).astype("float32")
+    log_prior = np.log(np.array([0.14, 0.015, 0.14, 0.25, 0.17, 0.11, 0.175]))
+    views = calibration.view_log_probabilities(ensemble, x, "flip")
+    expected = calibration.with_prior_adjustment(views, log_prior, 0.6)
+    calibration.fold_prior_adjustment(ensemble, log_prior, 0.6)
+    np.testing.assert_allclose(nets.predict_in_batches(ensemble, x, "flip"), expected, atol=1e-5)
+    # Rare classes gain: Disgust's probability rises on every image.
+    assert (expected[:, 1] > calibration.with_temperature(views, 1.0)[:, 1]).all()
+
+
+def test_fit_to_model_recovers_a_known_adjustment_and_temperature():
+    rng = np.random.default_rng(2)
+    view_log_p = np.log(rng.dirichlet(np.ones(7) * 0.7, size=(2, 1, 400)))
+    log_prior = np.log(np.array([0.14, 0.015, 0.14, 0.25, 0.17, 0.11, 0.175]))
+    target = calibration.with_temperature(view_log_p - 0.4 * log_prior, 0.8)
+    tau, t = calibration.fit_to_model(view_log_p, target, log_prior)
+    assert tau == pytest.approx(0.4, abs=0.02) and t == pytest.approx(0.8, rel=0.02)
+
+
+@full
+@needs_shared
+def test_every_lever_in_one_tiny_run_resumed_by_fold(prepared_data, tmp_path):
+    votes = SHARED / "data" / "fer2013" / "fer2013new.csv"
+    command = ["train.py", *TINY, "--epochs", "1", "--folds", "2", "--regions", "--class-balance", "0.5",
+               "--ferplus", votes, "--data-dir", prepared_data, "--out", tmp_path, "--no-evaluate"]
+    first = run_script(*command)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.count("FER+ votes:") == 2 and "fold 2/2: training on" in first.stdout
+    summary = json.loads((tmp_path / "my_own_model_folds.json").read_text())
+    assert summary["folds"] == 2 and summary["held_out_mean"] == pytest.approx(np.mean(summary["held_out_accuracy"]))
+    for k in (1, 2):
+        metrics = json.loads((tmp_path / f"my_own_model_fold{k}_metrics.json").read_text())
+        assert metrics["config"]["fold"] == k and metrics["config"]["regions"] is True
+        assert metrics["val_accuracy"] == summary["held_out_accuracy"][k - 1]
+    # The ensemble figure is the two saved networks' on the validation split.
+    data = fer2013.subset(fer2013.load_prepared(prepared_data), 384, seed=1)
+    proba = [nets.predict_in_batches(nets.load_model(tmp_path / f"my_own_model_fold{k}.pkl"), data["x_val"])
+             for k in (1, 2)]
+    assert summary["ensemble_validation_accuracy"] == pytest.approx(
+        np.mean(np.mean(proba, 0).argmax(1) == data["y_val"]))
+    # Run again: both folds are kept, nothing is trained.
+    again = run_script(*command)
+    assert again.returncode == 0 and again.stdout.count("finished before with these options") == 2
+    assert "epoch   1" not in again.stdout
+    for bad, message in ((["--folds", "1"], "--folds must be 2 to 10"),
+                         (["--regions", "--crop-px", "44"], "--regions is an option of our own CNN"),
+                         (["--ferplus", votes, "--teacher", "own"], "choose one"),
+                         (["--class-balance", "2"], "--class-balance must be 0 to 1")):
+        refused = run_script("train.py", *bad, "--out", tmp_path / "bad")
+        assert refused.returncode == 2 and message in refused.stderr
+    assert_clean_error(run_script("train.py", *TINY, "--ferplus", tmp_path / "none.csv", "--data-dir", prepared_data,
+                                  "--out", tmp_path / "bad"), "cannot read the FER+ votes")
+    # Logit adjustment measured on the two networks, then folded by calibrate.py.
+    fold1, fold2 = tmp_path / "my_own_model_fold1.pkl", tmp_path / "my_own_model_fold2.pkl"
+    swept = run_script("measure/logit_adjustment.py", fold1, fold2, "--tta", "none", "--json", tmp_path / "la.json",
+                       "--data-dir", prepared_data)
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    record = json.loads((tmp_path / "la.json").read_text())
+    assert [row["tau"] for row in record["table"]] == pytest.approx(np.arange(0, 1.01, 0.1))
+    assert len(record["two_fold_check"]) == 2 and f"tau = {record['tau']:.1f}" in swept.stdout
+    folded = run_script("build/calibrate.py", "--model", fold1, "--prior-adjustment", "0.5", "--dry-run", "--out",
+                        tmp_path, "--data-dir", prepared_data)
+    assert folded.returncode == 0 and "tau = 0.5 x log prior" in folded.stdout, folded.stderr[-2000:]
+    matched = run_script("build/calibrate.py", "--model", fold2, "--match", fold1, "--dry-run", "--out", tmp_path,
+                         "--data-dir", prepared_data)
+    assert matched.returncode == 0 and "fitting the logit adjustment and the temperature" in matched.stdout
+    assert json.loads((tmp_path / "calibration.json").read_text())["fitted_on"].startswith("validation, toward")
+    refused = run_script("build/calibrate.py", "--match", fold1, "--temperature", "1", "--out", tmp_path)
+    assert refused.returncode == 2 and "--match fits the adjustment and T" in refused.stderr
