@@ -95,7 +95,8 @@ def parse_args(argv=None):
                         "its held-out rows, their mean and spread, and each network's and their ensemble's "
                         "accuracy on the validation split, which none of them saw. The networks are saved as "
                         "MODEL_foldN.pkl; folds already finished with the same options are kept when the "
-                        "command runs again (default: off, one network)")
+                        "command runs again (--fresh trains them all again), and --time-budget holds for each "
+                        "fold (default: off, one network)")
     p.add_argument("--include-validation", action="store_true",
                    help="also train on the validation rows (all 28,709 Training rows): the final refit of a "
                         "recipe already chosen on validation. Nothing is held out, so the last epoch is kept "
@@ -166,6 +167,8 @@ def parse_args(argv=None):
         p.error("--folds must be 2 to 10")
     if args.ferplus and args.teacher:
         p.error("--ferplus and --teacher both set the targets: choose one")
+    if args.class_balance and args.teacher:
+        p.error("--class-balance weighs labels; --teacher trains on a teacher's probabilities: choose one")
     if args.folds and args.benchmark:
         p.error("--benchmark times one network: leave out --folds")
     if args.folds and args.include_validation:
@@ -239,7 +242,7 @@ def train_folds(args, data, out, config, starting, command):
         name = f"{args.model_name}_fold{k + 1}"
         names.append(name)
         fold_config = {**config, "fold": k + 1}
-        done = reports.finished_run(out, name, fold_config)
+        done = None if args.fresh else reports.finished_run(out, name, fold_config)
         if done is not None:
             print(f"fold {k + 1}/{args.folds}: finished before with these options ({out / (name + '.pkl')}), kept",
                   flush=True)
@@ -362,7 +365,7 @@ def train_network(args, data, out, model_name, config, starting, command, seed=N
     print(f"saved {model_path} (epoch {kept_epoch}, {val_note}); training took {wall_minutes:.1f} min", flush=True)
 
     # ------------------------------------------------------------ report
-    metrics = {"model": model_path.name, "command": command,
+    metrics = {"model": model_path.name, "model_sha256": nets.file_sha256(model_path), "command": command,
                "epochs_run": len(history), "kept_epoch": kept_epoch, "val_accuracy": kept_val,
                "trained_on_validation": args.include_validation,
                "batch_norm_pass": batch_norm, "train_wall_minutes": wall_minutes,
@@ -371,8 +374,6 @@ def train_network(args, data, out, model_name, config, starting, command, seed=N
     reports.write_reports(final, metrics, history, data, out, model_name, evaluate_test=not args.no_evaluate)
     run.finish(reports.artifact(out, model_name, "tensorboard"))
     return kept_val
-
-
 
 
 if __name__ == "__main__":

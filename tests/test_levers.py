@@ -27,11 +27,11 @@ def fake_prepared(n_train=6, val_rows=(1, 4), usage_test=("PublicTest", "PublicT
 
 
 def write_votes(path, usages, blank=()):
-    """FER+-format votes where row r has r + 1 votes for anger and 1 for neutral."""
+    """FER+-format votes where row r has r % 9 + 1 votes for anger and 1 for neutral."""
     rows = []
     for r, usage in enumerate(usages):
         votes = dict.fromkeys(VOTE_COLUMNS, 0)
-        votes["anger"], votes["neutral"] = r + 1, 1
+        votes["anger"], votes["neutral"] = r % 9 + 1, 1
         rows.append({"Usage": usage, "Image name": "" if r in blank else f"fer{r:07d}.png", **votes})
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -46,14 +46,14 @@ def test_ferplus_votes_follow_the_rows_into_train_validation_and_test(tmp_path):
     for split in ("train", "val", "test"):
         rows = out[f"x_{split}"]
         expected = np.zeros((len(rows), 7), np.float32)
-        expected[:, angry], expected[:, neutral] = rows + 1, 1
+        expected[:, angry], expected[:, neutral] = rows % 9 + 1, 1
         expected[rows == 2] = 0  # FER+ blanked its name: not a face
         np.testing.assert_array_equal(out[f"ferplus_{split}"], expected)
     assert list(fer2013.ferplus_majority(out["ferplus_train"])) == [angry, -1, angry, angry, angry, angry]
     # Subsets and the refit carry the votes with their rows.
     refit = fer2013.validation_in_training(out)
-    np.testing.assert_array_equal(refit["ferplus_train"][:, angry] - 1, np.where(refit["x_train"] == 2, -1,
-                                                                                   refit["x_train"]))
+    np.testing.assert_array_equal(refit["ferplus_train"][:, angry], np.where(refit["x_train"] == 2, 0,
+                                                                               refit["x_train"] % 9 + 1))
 
 
 def test_ferplus_votes_that_do_not_line_up_are_one_line(tmp_path):
@@ -69,6 +69,16 @@ def test_ferplus_votes_that_do_not_line_up_are_one_line(tmp_path):
         fer2013.load_ferplus(tmp_path / "other.csv", data)
     with pytest.raises(UserError, match="cannot read"):
         fer2013.load_ferplus(tmp_path / "missing.csv", data)
+
+
+@pytest.mark.parametrize("value", ["three", "-1", "inf", "1e40", "11"])
+def test_ferplus_votes_that_are_not_counts_are_one_line(tmp_path, value):
+    path = write_votes(tmp_path / "votes.csv", ["Training"] * 8 + ["PublicTest"] * 2 + ["PrivateTest"])
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table.loc[3, "disgust"] = value
+    table.to_csv(path, index=False)
+    with pytest.raises(UserError, match="row 5: disgust is '.+', not a vote count from 0 to 10"):
+        fer2013.load_ferplus(path, fake_prepared())
 
 
 def test_ferplus_targets_mix_the_label_with_the_votes_and_drop_non_faces():
@@ -109,13 +119,16 @@ def test_regions_network_sees_the_eyes_and_the_mouth_at_full_resolution():
     assert model.get_layer("eyes_region").output.shape[1:3] == (bottom - top, right - left)
     (top, bottom), (left, right) = nets.MOUTH_REGION
     assert model.get_layer("mouth_region").output.shape[1:3] == (bottom - top, right - left)
-    # Each branch reaches the head: changing only the mouth pixels changes the output.
+    # Each branch reaches the head: silencing one branch's first convolution changes the output.
     x = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 1)).astype("float32")
-    whole = nets.build_cnn(8)
-    changed = x.copy()
-    changed[:, 40:44, 20:28] = 0
-    assert not np.allclose(model.predict(x, verbose=0), model.predict(changed, verbose=0))
-    assert model.count_params() > whole.count_params()
+    before = model.predict(x, verbose=0)
+    for branch in ("eyes", "mouth"):
+        layer = model.get_layer(f"{branch}_conv1_1")
+        kept = layer.get_weights()
+        layer.set_weights([np.zeros_like(w) for w in kept])
+        assert not np.allclose(model.predict(x, verbose=0), before, atol=1e-6), branch
+        layer.set_weights(kept)
+    assert model.count_params() > nets.build_cnn(8).count_params()
 
 
 def test_folded_logit_adjustment_computes_what_was_measured():
@@ -165,10 +178,16 @@ def test_every_lever_in_one_tiny_run_resumed_by_fold(prepared_data, tmp_path):
     again = run_script(*command)
     assert again.returncode == 0 and again.stdout.count("finished before with these options") == 2
     assert "epoch   1" not in again.stdout
+    # A fold whose model file is not the one its record names is trained again; the other is kept.
+    (tmp_path / "my_own_model_fold1.pkl").write_bytes((tmp_path / "my_own_model_fold2.pkl").read_bytes())
+    redone = run_script(*command)
+    assert redone.returncode == 0 and redone.stdout.count("finished before with these options") == 1
+    assert "fold 1/2: training on" in redone.stdout
     for bad, message in ((["--folds", "1"], "--folds must be 2 to 10"),
                          (["--regions", "--crop-px", "44"], "--regions is an option of our own CNN"),
                          (["--ferplus", votes, "--teacher", "own"], "choose one"),
-                         (["--class-balance", "2"], "--class-balance must be 0 to 1")):
+                         (["--class-balance", "2"], "--class-balance must be 0 to 1"),
+                         (["--class-balance", "0.5", "--teacher", "own"], "choose one")):
         refused = run_script("train.py", *bad, "--out", tmp_path / "bad")
         assert refused.returncode == 2 and message in refused.stderr
     assert_clean_error(run_script("train.py", *TINY, "--ferplus", tmp_path / "none.csv", "--data-dir", prepared_data,

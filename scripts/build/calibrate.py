@@ -14,7 +14,7 @@ the model still takes raw pixels and returns 7 probabilities.
                                              # --include-validation): apply its twin's T, fit nothing
     python scripts/build/calibrate.py --prior-adjustment 0.6 --temperature T   # the committed model
 
---prior-adjustment TAU first takes TAU x the log of each class's training share off the
+--prior-adjustment TAU takes TAU x the log of each class's training share off the
 logits (logit adjustment: Disgust, the rarest class, is said more often), chosen on the
 validation split by `python scripts/measure/logit_adjustment.py` (iterations.md, section
 12); the temperature is then fitted (or given) for the adjusted logits, and both are
@@ -87,26 +87,24 @@ def main(argv=None):
     model = nets.load_model(args.model)
     data = fer2013.load_prepared(args.data_dir)
     y_val, y_test = data["y_val"].astype(int), data["y_test"].astype(int)
-    if args.prior_adjustment:  # "before" below is the adjusted model with T = 1
-        calibration.fold_prior_adjustment(model, calibration.training_log_prior(data), args.prior_adjustment)
-        print(f"logit adjustment: tau = {args.prior_adjustment:g} x log prior taken off the logits", flush=True)
-
+    log_prior = calibration.training_log_prior(data)
+    # "before" is the model as given; "after" has the adjustment and T, folded into it at the end.
     if args.match:
         print(f"fitting the logit adjustment and the temperature to {args.match}'s probabilities on the "
               f"{len(y_val):,} validation images, --tta {args.tta}", flush=True)
         target = nets.predict_in_batches(nets.load_model(args.match), data["x_val"], args.tta)
         args.prior_adjustment, t = calibration.fit_to_model(
-            calibration.view_log_probabilities(model, data["x_val"], args.tta), target,
-            calibration.training_log_prior(data))
-        calibration.fold_prior_adjustment(model, calibration.training_log_prior(data), args.prior_adjustment)
-        print(f"logit adjustment: tau = {args.prior_adjustment:.3f} x log prior taken off the logits", flush=True)
+            calibration.view_log_probabilities(model, data["x_val"], args.tta), target, log_prior)
         fitted_on = f"validation, toward {args.match}"
     elif args.temperature is None:
         print(f"fitting the temperature on the {len(y_val):,} validation images, --tta {args.tta}", flush=True)
-        t = calibration.fit_temperature(calibration.view_log_probabilities(model, data["x_val"], args.tta), y_val)
+        views = calibration.view_log_probabilities(model, data["x_val"], args.tta)
+        t = calibration.fit_temperature(views - args.prior_adjustment * log_prior, y_val)
         fitted_on = "validation"
     else:
         t, fitted_on = args.temperature, "given"
+    if args.prior_adjustment:
+        print(f"logit adjustment: tau = {args.prior_adjustment:.3g} x log prior taken off the logits", flush=True)
     print(f"T = {t:.3f} ({'softer' if t > 1 else 'sharper' if t < 1 else 'the same'} probabilities)")
 
     print("| test images, --tta | accuracy before | after | ECE before | after | NLL before | after |")
@@ -115,8 +113,8 @@ def main(argv=None):
     for mode in nets.TTA_MODES:
         views = calibration.view_log_probabilities(model, data["x_test"], mode)
         row = {}
-        for key, temperature in (("before", 1.0), ("after", t)):
-            p = calibration.with_temperature(views, temperature)
+        for key, adjustment, temperature in (("before", 0.0, 1.0), ("after", args.prior_adjustment, t)):
+            p = calibration.with_temperature(views - adjustment * log_prior, temperature)
             row[f"accuracy_{key}"] = float((p.argmax(1) == y_test).mean())
             row[f"ece_{key}"] = calibration.ece(p, y_test)
             row[f"nll_{key}"] = calibration.nll(p, y_test)
@@ -138,12 +136,14 @@ def main(argv=None):
                                                              else f"fitted on {fitted_on} ({args.tta})"))
     print(f"wrote {json_path} and {figure_path}")
     if not args.dry_run:
+        expected = calibration.with_temperature(calibration.view_log_probabilities(
+            model, data["x_val"][:256], "none") - args.prior_adjustment * log_prior, t)
+        calibration.fold_prior_adjustment(model, log_prior, args.prior_adjustment)
         nets.save_model(calibration.fold_temperature(model, t), path)
         check = nets.predict_in_batches(nets.load_model(path), data["x_val"][:256], "none")
-        expected = calibration.with_temperature(calibration.view_log_probabilities(
-            model, data["x_val"][:256], "none"), 1.0)
         assert np.allclose(check, expected, atol=1e-4), "the saved model does not reproduce the folded one"
-        print(f"folded T into {path}: run `python scripts/build/export_tflite.py` to make its fast form again")
+        print(f"folded {'the adjustment and ' if args.prior_adjustment else ''}T into {path}: run "
+              "`python scripts/build/export_tflite.py` to make its fast form again")
     return 0
 
 

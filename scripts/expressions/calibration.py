@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model import ensemble_members, predict_in_batches, tta_views
+from .model import classification_report, ensemble_members, predict_in_batches, tta_views
 
 ECE_BINS = 15
 
@@ -52,6 +52,15 @@ def ece(p, y, bins=ECE_BINS):
         if m.any():
             total += m.mean() * abs(correct[m].mean() - confidence[m].mean())
     return float(total)
+
+
+def class_figures(p, y):
+    """Accuracy, macro recall (over the classes present in y), Disgust recall and ECE of
+    probabilities p [n, 7] against labels y: the figures issue 40's levers are judged by."""
+    report = classification_report(y, p.argmax(1))
+    present = [c for c in report["per_class"].values() if c["support"]]
+    return {"accuracy": report["accuracy"], "macro_recall": float(np.mean([c["recall"] for c in present])),
+            "disgust_recall": report["per_class"]["Disgust"]["recall"], "ece": ece(p, y)}
 
 
 def reliability(p, y, bins=ECE_BINS):

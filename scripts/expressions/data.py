@@ -297,11 +297,17 @@ def load_ferplus(path: Path, data: dict) -> dict:
     try:
         votes = pd.read_csv(path)
     except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read the FER+ votes {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot read the FER+ votes {path}: {(str(err).splitlines() or [type(err).__name__])[0]}") from None
     missing = [c for c in ["Usage", "Image name", *FERPLUS_COLUMNS] if c not in votes.columns]
     if missing:
         raise UserError(f"{path} is not FER+'s fer2013new.csv: no column {', '.join(missing)}")
-    counts = votes[FERPLUS_COLUMNS].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy(np.float32, copy=True)
+    numbers = votes[FERPLUS_COLUMNS].apply(pd.to_numeric, errors="coerce")
+    bad = (numbers.isna() & votes[FERPLUS_COLUMNS].notna()) | ~((numbers >= 0) & (numbers <= 10)) & numbers.notna()
+    if bad.to_numpy().any():
+        row, column = np.argwhere(bad.to_numpy())[0]
+        value = votes.iloc[row][FERPLUS_COLUMNS[column]]
+        raise UserError(f"{path}, row {row + 2}: {FERPLUS_COLUMNS[column]} is '{value}', not a vote count from 0 to 10")
+    counts = numbers.fillna(0).to_numpy(np.float32, copy=True)
     counts[votes["Image name"].isna().to_numpy()] = 0
     usage = votes["Usage"].astype(str).to_numpy()
     training, test = counts[usage == "Training"], counts[usage != "Training"]

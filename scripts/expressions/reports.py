@@ -189,15 +189,23 @@ def test_lines(metrics):
 
 def finished_run(out: Path, model_name: str, config: dict):
     """The kept validation accuracy of a run already finished in `out` with exactly this
-    config (its model and metrics.json there), else None: lets --folds resume by fold."""
+    config, all its epochs run, and the very model file its metrics.json records (a run of
+    other options killed between writing the two, or a model changed since, does not
+    count), else None: lets --folds resume by fold."""
+    from .model import file_sha256
+    model = Path(out) / f"{model_name}.pkl"
     try:
         record = json.loads(artifact(out, model_name, "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    if not (Path(out) / f"{model_name}.pkl").is_file() or not isinstance(record, dict) or \
-            record.get("config") != config or not isinstance(record.get("val_accuracy"), float):
+    if not isinstance(record, dict) or record.get("config") != config or (Path(out) / f"{model_name}_run").exists() \
+            or record.get("epochs_run") != config.get("epochs") or not isinstance(record.get("val_accuracy"), float):
         return None
-    return record["val_accuracy"]
+    try:
+        same_model = record.get("model_sha256") == file_sha256(model)
+    except OSError:
+        return None
+    return record["val_accuracy"] if same_model else None
 
 
 def fold_summary(out: Path, names, held_out, data, model_name):

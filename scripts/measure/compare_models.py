@@ -24,8 +24,6 @@ from math import comb
 from pathlib import Path
 
 
-import numpy as np
-
 from expressions import DATA_DIR, ROOT, run_cli
 from expressions import calibration
 from expressions import data as fer2013
@@ -66,14 +64,6 @@ def model_probabilities(names, x, tta):
     return sum(nets.predict_in_batches(nets.load_model(m), x, tta) for m in members) / len(members)
 
 
-def figures(proba, y):
-    """Accuracy, macro recall, Disgust recall and ECE of probabilities against labels."""
-    report = nets.classification_report(y, proba.argmax(1))
-    recalls = {k: v["recall"] for k, v in report["per_class"].items()}
-    return {"accuracy": report["accuracy"], "macro_recall": float(np.mean(list(recalls.values()))),
-            "disgust_recall": recalls["Disgust"], "ece": calibration.ece(proba, y)}
-
-
 def main(argv=None):
     args = parse_args(argv)
     args.baseline = str(args.baseline)
@@ -93,7 +83,7 @@ def main(argv=None):
         print(f"validation, {what}, {kept.sum():,} images, --tta {args.tta}")
         right = {name: p[kept].argmax(1) == y[kept] for name, p in proba.items()}
         for name, path in (("baseline", args.baseline), ("candidate", args.candidate), ("ensemble", "mean of both")):
-            f = figures(proba[name][kept], y[kept])
+            f = calibration.class_figures(proba[name][kept], y[kept])
             print(f"  {name:<10} {f['accuracy']:.2%}  macro recall {f['macro_recall']:.2%}  Disgust recall "
                   f"{f['disgust_recall']:.2%}  ECE {f['ece']:.4f}  ({path})")
         for name in ("candidate", "ensemble"):
