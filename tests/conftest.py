@@ -65,6 +65,22 @@ def assert_clean_error(result, *fragments):
         assert fragment in errors[0], errors[0]
 
 
+def member_logits(model, x):
+    """Each member's logits [members, n, 7]: its last layer without the softmax. Tests compare
+    folded models with these, not with log-probabilities: a tiny, over-confident network's
+    probabilities underflow to 0 (log -inf), and a temperature above 1 brings those classes
+    back."""
+    import keras
+    from expressions import model as nets
+    logits = []
+    for member in nets.ensemble_members(model):
+        last = member.get_layer("emotion")
+        features = keras.Model(member.inputs, last.input)(np.asarray(x, np.float32), training=False)
+        kernel, bias = last.get_weights()
+        logits.append(np.asarray(features, np.float64) @ kernel + bias)
+    return np.stack(logits)
+
+
 def fake_rows(n, usage, seed=0):
     """n synthetic rows (random pixels, labels cycling 0..6): never real dataset rows."""
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_script, full
+from conftest import member_logits, run_script, full
 from expressions import calibration
 from expressions import data as fer2013
 from expressions import model as nets
@@ -58,7 +58,7 @@ def test_calibrate_reports_then_folds_the_temperature(tiny_model, prepared_data,
     folded = run_script("build/calibrate.py", "--model", model, "--data-dir", prepared_data, "--out", tmp_path)
     assert folded.returncode == 0, folded.stderr[-2000:]
     t = json.loads((tmp_path / "calibration.json").read_text())["temperature"]
-    expected = calibration.with_temperature(np.log(p_before)[None, None], t)
+    expected = calibration.with_temperature(member_logits(before, x)[None], t)
     assert np.allclose(nets.predict_in_batches(nets.load_model(model), x, "none"), expected, atol=1e-4)
     assert "export_tflite.py" in folded.stdout
     # A model refit on the validation rows takes a given T instead: nothing is fitted.

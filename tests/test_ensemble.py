@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, assert_clean_error, needs_shared, run_script, full
+from conftest import TINY, assert_clean_error, member_logits, needs_shared, run_script, full
 from expressions import UserError, calibration
 from expressions import data as fer2013
 from expressions import model as nets
@@ -53,7 +53,7 @@ def test_ensemble_averages_its_members_reports_and_calibrates(two_runs, prepared
     folded = run_script("build/calibrate.py", "--model", out, "--data-dir", prepared_data, "--out", tmp_path)
     assert folded.returncode == 0, folded.stderr[-2000:]
     t = json.loads((tmp_path / "calibration.json").read_text())["temperature"]
-    expected = calibration.with_temperature(np.log(np.stack(members))[None], t)
+    expected = calibration.with_temperature(member_logits(ensemble, x)[None], t)
     assert np.allclose(nets.predict_in_batches(nets.load_model(out), x, "none"), expected, atol=1e-4)
 
     # report.py rewrites an ensemble's reports: it has no history of its own.
