@@ -72,15 +72,6 @@ def parse_args(argv=None):
     p.add_argument("--init-from", default=None,
                    help="start from the weights of this trained .pkl of the same network (--width, --crop-px) "
                         "instead of random ones (default: none)")
-    p.add_argument("--ferplus", type=Path, default=None, metavar="VOTES_CSV",
-                   help="train toward the FER+ taggers' votes (fer2013new.csv, e.g. ../shared/data/fer2013/; ten "
-                        "votes per image, row-aligned with fer2013.csv): each target is --ferplus-label-share of "
-                        "the FER2013 label plus the rest spread as the taggers voted over the seven classes "
-                        "(contempt, unknown and not-a-face votes left out), with no label smoothing; images with "
-                        "no vote on the seven classes (mostly not faces) are dropped. Validation still scores "
-                        "the FER2013 labels (default: none, train on the labels)")
-    p.add_argument("--ferplus-label-share", type=float, default=0.5,
-                   help="with --ferplus: the FER2013 label's share of each target (default: %(default)s)")
     p.add_argument("--class-balance", type=float, default=0.0, metavar="POWER",
                    help="weigh each training image's loss by (images of the largest class / images of its "
                         "class) ** POWER: 1 counts every class equally, 0.5 halfway (Disgust 4x, Happy 1x) "
@@ -159,14 +150,10 @@ def parse_args(argv=None):
         p.error(f"--crop-px must be even, from 32 to {IMAGE_SIZE}")
     if args.backbone != "vgg" and args.crop_px != IMAGE_SIZE:
         p.error("--crop-px is an option of our own CNN (--backbone vgg)")
-    if not 0 <= args.ferplus_label_share <= 1:
-        p.error("--ferplus-label-share must be 0 to 1")
     if not 0 <= args.class_balance <= 1:
         p.error("--class-balance must be 0 to 1")
     if args.folds == 1 or not 0 <= args.folds <= 10:
         p.error("--folds must be 2 to 10")
-    if args.ferplus and args.teacher:
-        p.error("--ferplus and --teacher both set the targets: choose one")
     if args.class_balance and args.teacher:
         p.error("--class-balance weighs labels; --teacher trains on a teacher's probabilities: choose one")
     if args.folds and args.benchmark:
@@ -175,8 +162,6 @@ def parse_args(argv=None):
         p.error("--folds holds out rows of its own: it cannot train on the validation rows too")
     if args.regions and (args.backbone != "vgg" or args.crop_px != IMAGE_SIZE):
         p.error("--regions is an option of our own CNN (--backbone vgg) on the whole 48x48 face")
-    if args.ferplus:
-        args.label_smoothing = 0.0  # soft targets already
     if args.backbone == "mobilenet":
         if args.weights is None:  # no default: 'imagenet' would be a download
             p.error("--backbone mobilenet needs --weights: a path to mobilenet_2_5_224_tf_no_top.h5, "
@@ -206,8 +191,6 @@ def main(argv=None):
 
     # ------------------------------------------------------------ data
     data = fer2013.load_prepared(args.data_dir)
-    if args.ferplus:
-        data = fer2013.load_ferplus(args.ferplus, data)
     if args.subset:
         data = fer2013.subset(data, args.subset, args.seed)
     if args.include_validation:
@@ -217,11 +200,10 @@ def main(argv=None):
     starting = nets.load_model(args.init_from) if args.init_from else None
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
     defaults = {"crop_px": IMAGE_SIZE, "include_validation": False, "teacher": None, "init_from": None,
-                "ferplus": None, "ferplus_label_share": 0.5, "class_balance": 0.0, "regions": False, "folds": 0}
+                "class_balance": 0.0, "regions": False, "folds": 0}
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
-              and not (k in defaults and v == defaults[k]) and not (k == "teacher_copies" and not args.teacher)
-              and not (k == "ferplus_label_share" and not args.ferplus)}
+              and not (k in defaults and v == defaults[k]) and not (k == "teacher_copies" and not args.teacher)}
     if args.backbone == "vgg":  # options of the pre-trained model only
         for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):
             config.pop(k)
@@ -271,11 +253,6 @@ def train_network(args, data, out, model_name, config, starting, command, seed=N
     if args.teacher:  # the images the network will see, each with the teacher's probabilities
         data["x_train"], targets = training.teacher_labelled(data["x_train"], args.teacher, args.teacher_copies,
                                                              seed)
-    if args.ferplus:
-        x, y, targets, dropped = training.ferplus_targets(data, args.ferplus_label_share)
-        data = {**data, "x_train": x, "y_train": y}
-        print(f"FER+ votes: {len(x):,} training images, {dropped} with no vote on the seven classes dropped",
-              flush=True)
     if args.class_balance:
         weights = training.class_balance_weights(data["y_train"], args.class_balance)
     train_ds, val_ds = training.make_datasets(data, args.batch_size, args.erase_prob, seed, args.crop_px,

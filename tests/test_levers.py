@@ -1,6 +1,7 @@
-"""Issue 40's model levers: the FER+ votes lined up with FER2013's rows, their targets, the
-class-balance weights, k-fold splits, the eye and mouth regions network, logit adjustment
-folded into a model; and (full tier) one tiny train.py run with all of them, resumed by fold."""
+"""Issue 40's model levers: the FER+ votes lined up with FER2013's rows (they score models;
+training toward them was measured not to help), the class-balance weights, k-fold splits, the
+eye and mouth regions network, logit adjustment folded into a model; and (full tier) one tiny
+train.py run with all of them, resumed by fold, then scored on the FER+ majority labels."""
 import json
 
 import numpy as np
@@ -50,10 +51,6 @@ def test_ferplus_votes_follow_the_rows_into_train_validation_and_test(tmp_path):
         expected[rows == 2] = 0  # FER+ blanked its name: not a face
         np.testing.assert_array_equal(out[f"ferplus_{split}"], expected)
     assert list(fer2013.ferplus_majority(out["ferplus_train"])) == [angry, -1, angry, angry, angry, angry]
-    # Subsets and the refit carry the votes with their rows.
-    refit = fer2013.validation_in_training(out)
-    np.testing.assert_array_equal(refit["ferplus_train"][:, angry], np.where(refit["x_train"] == 2, 0,
-                                                                               refit["x_train"] % 9 + 1))
 
 
 def test_ferplus_votes_that_do_not_line_up_are_one_line(tmp_path):
@@ -79,14 +76,6 @@ def test_ferplus_votes_that_are_not_counts_are_one_line(tmp_path, value):
     table.to_csv(path, index=False)
     with pytest.raises(UserError, match="row 5: disgust is '.+', not a vote count from 0 to 10"):
         fer2013.load_ferplus(path, fake_prepared())
-
-
-def test_ferplus_targets_mix_the_label_with_the_votes_and_drop_non_faces():
-    data = {"x_train": np.arange(3), "y_train": np.array([0, 3, 6]),
-            "ferplus_train": np.array([[0, 0, 0, 10, 0, 0, 0], [0] * 7, [2, 0, 0, 0, 0, 0, 6]], np.float32)}
-    x, y, targets, dropped = training.ferplus_targets(data, label_share=0.5)
-    assert dropped == 1 and list(x) == [0, 2] and list(y) == [0, 6]
-    np.testing.assert_allclose(targets, [[0.5, 0, 0, 0.5, 0, 0, 0], [0.125, 0, 0, 0, 0, 0, 0.875]])
 
 
 def test_class_balance_weights_average_one_and_favour_rare_classes():
@@ -158,10 +147,10 @@ def test_fit_to_model_recovers_a_known_adjustment_and_temperature():
 def test_every_lever_in_one_tiny_run_resumed_by_fold(prepared_data, tmp_path):
     votes = SHARED / "data" / "fer2013" / "fer2013new.csv"
     command = ["train.py", *TINY, "--epochs", "1", "--folds", "2", "--regions", "--class-balance", "0.5",
-               "--ferplus", votes, "--data-dir", prepared_data, "--out", tmp_path, "--no-evaluate"]
+               "--data-dir", prepared_data, "--out", tmp_path, "--no-evaluate"]
     first = run_script(*command)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert first.stdout.count("FER+ votes:") == 2 and "fold 2/2: training on" in first.stdout
+    assert "fold 2/2: training on" in first.stdout
     summary = json.loads((tmp_path / "my_own_model_folds.json").read_text())
     assert summary["folds"] == 2 and summary["held_out_mean"] == pytest.approx(np.mean(summary["held_out_accuracy"]))
     for k in (1, 2):
@@ -185,15 +174,21 @@ def test_every_lever_in_one_tiny_run_resumed_by_fold(prepared_data, tmp_path):
     assert "fold 1/2: training on" in redone.stdout
     for bad, message in ((["--folds", "1"], "--folds must be 2 to 10"),
                          (["--regions", "--crop-px", "44"], "--regions is an option of our own CNN"),
-                         (["--ferplus", votes, "--teacher", "own"], "choose one"),
                          (["--class-balance", "2"], "--class-balance must be 0 to 1"),
                          (["--class-balance", "0.5", "--teacher", "own"], "choose one")):
         refused = run_script("train.py", *bad, "--out", tmp_path / "bad")
         assert refused.returncode == 2 and message in refused.stderr
-    assert_clean_error(run_script("train.py", *TINY, "--ferplus", tmp_path / "none.csv", "--data-dir", prepared_data,
-                                  "--out", tmp_path / "bad"), "cannot read the FER+ votes")
-    # Logit adjustment measured on the two networks, then folded by calibrate.py.
+    # The two networks scored on the test images' FER2013 and FER+ majority labels, paired.
     fold1, fold2 = tmp_path / "my_own_model_fold1.pkl", tmp_path / "my_own_model_fold2.pkl"
+    scored = run_script("measure/compare_models.py", fold1, "--baseline", fold2, "--tta", "none", "--split", "test",
+                        "--ferplus", votes, "--data-dir", prepared_data)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    headers = [line for line in scored.stdout.splitlines() if line.startswith("test, ")]
+    assert headers == ["test, FER2013 labels, 7,178 images, --tta none",
+                       "test, FER+ majority labels, 7,152 images, --tta none"]
+    assert_clean_error(run_script("measure/compare_models.py", fold1, "--baseline", fold2, "--ferplus",
+                                  tmp_path / "none.csv", "--data-dir", prepared_data), "cannot read the FER+ votes")
+    # Logit adjustment measured on the two networks, then folded by calibrate.py.
     swept = run_script("measure/logit_adjustment.py", fold1, fold2, "--tta", "none", "--json", tmp_path / "la.json",
                        "--data-dir", prepared_data)
     assert swept.returncode == 0, swept.stderr[-2000:]

@@ -176,6 +176,10 @@ def test_refit_on_the_validation_rows_keeps_the_last_epoch(prepared_data, tmp_pa
                              ("build/calibrate.py", "--model", tmp_path / "ens.pkl", "--dry-run", "--out", tmp_path, *data_dir),
                              ("measure/measure_crop.py", "--model", tmp_path / "ens.pkl")):
         assert_clean_error(run_script(script, *options), "trained on the validation rows")
+    # The test images are fair for it: compare_models.py reports there after a decision.
+    on_test = run_script("measure/compare_models.py", tmp_path / "ens.pkl", "--baseline", tmp_path / "twin.pkl",
+                         "--split", "test", "--tta", "none", *data_dir)
+    assert on_test.returncode == 0 and "test, FER2013 labels" in on_test.stdout, on_test.stderr[-2000:]
     # A given temperature needs no fit there: calibrate.py applies it.
     given = run_script("build/calibrate.py", "--model", tmp_path / "ens.pkl", "--temperature", "0.845", "--dry-run",
                        "--out", tmp_path, "--data-dir", prepared_data)

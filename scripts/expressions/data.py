@@ -267,7 +267,7 @@ def validation_in_training(data):
     """The validation rows added to the training rows, for the final refit of a chosen
     recipe; they stay in x_val too, so each epoch still reports on them (as seen images)."""
     return {**data, **{f"{k}_train": np.concatenate([data[f"{k}_train"], data[f"{k}_val"]])
-                       for k in ("x", "y", "ferplus") if f"{k}_train" in data}}
+                       for k in ("x", "y")}}
 
 
 def subset(data, n_train, seed):
@@ -276,14 +276,14 @@ def subset(data, n_train, seed):
     rng = np.random.default_rng(seed)
     tr = rng.permutation(len(data["x_train"]))[:n_train]
     va = rng.permutation(len(data["x_val"]))[:max(n_train // 4, 1)]
-    return {**data, **{f"{k}_train": data[f"{k}_train"][tr] for k in ("x", "y", "ferplus") if f"{k}_train" in data},
-            **{f"{k}_val": data[f"{k}_val"][va] for k in ("x", "y", "ferplus") if f"{k}_val" in data}}
+    return {**data, **{f"{k}_train": data[f"{k}_train"][tr] for k in ("x", "y")},
+            **{f"{k}_val": data[f"{k}_val"][va] for k in ("x", "y")}}
 
 
 # ---------------------------------------------------------------- FER+ votes
 # fer2013new.csv (Microsoft's FER+, MIT): ten taggers' votes per FER2013 image, row-aligned
 # with fer2013.csv. Its columns for our seven classes, in EMOTIONS order; contempt, unknown
-# and NF (not a face) have no class of ours and are left out of the targets.
+# and NF (not a face) have no class of ours and are left out of the majority label.
 FERPLUS_COLUMNS = ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
 
 
@@ -347,6 +347,6 @@ def fold_split(data, fold, k):
     held-out rows)."""
     held = fold == k
     split = {f"{name}_{part}": data[f"{name}_train"][rows]
-             for name in ("x", "y", "ferplus") if f"{name}_train" in data
+             for name in ("x", "y")
              for part, rows in (("train", ~held), ("val", held))}
     return {**data, **split}

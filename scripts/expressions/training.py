@@ -103,19 +103,6 @@ def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE, train_
     return to_ds(data["x_train"], y_train, True, weights), to_ds(data["x_val"], y_val, False)
 
 
-def ferplus_targets(data, label_share=0.5):
-    """Training targets from the FER+ votes: label_share of the one-hot FER2013 label plus
-    the rest spread as the taggers voted over the seven classes. Images with no vote on the
-    seven classes (FER+ calls most of them not a face) are dropped. Returns the training
-    images kept, their labels, their targets and how many were dropped."""
-    votes = data["ferplus_train"]
-    kept = votes.sum(1) > 0
-    one_hot = np.eye(len(EMOTIONS), dtype=np.float32)[data["y_train"][kept].astype(int)]
-    share = votes[kept] / votes[kept].sum(1, keepdims=True)
-    targets = label_share * one_hot + (1 - label_share) * share
-    return data["x_train"][kept], data["y_train"][kept], targets.astype(np.float32), int((~kept).sum())
-
-
 def class_balance_weights(y, power=0.5):
     """Per-image loss weights (n_largest / n_class) ** power, scaled to a mean of 1 over the
     images: power 1 weighs every class equally, 0.5 halfway on a log scale (Disgust's 392

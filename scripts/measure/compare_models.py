@@ -13,7 +13,7 @@ the baseline; beside accuracy, each one's macro recall (the mean of the seven re
 Disgust recall and expected calibration error. A model may be several joined by "+" (their
 mean, as ensemble.py builds it). With --ferplus, also accuracy on the FER+ taggers'
 majority label of each validation image that has one, paired the same way. Test images are
-not used.
+used only with --split test, for the figures iterations.md reports once a lever is decided.
 
     python scripts/measure/compare_models.py results/model/runs/run24_ferplus.pkl --ferplus ../shared/data/fer2013/fer2013new.csv
     python scripts/measure/compare_models.py A.pkl --baseline run3b.pkl+run10_seed2.pkl+run13_crop44.pkl
@@ -43,6 +43,10 @@ def parse_args(argv=None):
     nets.add_tta_option(p)
     p.add_argument("--ferplus", type=Path, default=None, metavar="VOTES_CSV",
                    help="FER+'s fer2013new.csv: also score the FER+ majority labels (default: off)")
+    p.add_argument("--split", choices=("validation", "test"), default="validation",
+                   help="the images compared: validation decides levers; test (the 7,178 PublicTest and "
+                        "PrivateTest images) is for reporting after a decision, never for choosing "
+                        "(default: validation)")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR,
                    help=f"prepared data (default: {DATA_DIR.relative_to(ROOT)}/ in the project)")
     return p.parse_args(argv)
@@ -67,20 +71,21 @@ def model_probabilities(names, x, tta):
 def main(argv=None):
     args = parse_args(argv)
     args.baseline = str(args.baseline)
-    for name in (*args.candidate.split("+"), *args.baseline.split("+")):
+    for name in (*args.candidate.split("+"), *args.baseline.split("+")) if args.split == "validation" else ():
         reports.require_held_out(name, "a comparison on them would flatter it; compare the same recipe "
                                        "trained without them")
     data = fer2013.load_prepared(args.data_dir)
-    labels = {"FER2013 labels": data["y_val"].astype(int)}
+    part = "val" if args.split == "validation" else "test"
+    labels = {"FER2013 labels": data[f"y_{part}"].astype(int)}
     if args.ferplus:
-        majority = fer2013.ferplus_majority(fer2013.load_ferplus(args.ferplus, data)["ferplus_val"])
+        majority = fer2013.ferplus_majority(fer2013.load_ferplus(args.ferplus, data)[f"ferplus_{part}"])
         labels["FER+ majority labels"] = majority
-    proba = {"baseline": model_probabilities(args.baseline, data["x_val"], args.tta),
-             "candidate": model_probabilities(args.candidate, data["x_val"], args.tta)}
+    proba = {"baseline": model_probabilities(args.baseline, data[f"x_{part}"], args.tta),
+             "candidate": model_probabilities(args.candidate, data[f"x_{part}"], args.tta)}
     proba["ensemble"] = (proba["baseline"] + proba["candidate"]) / 2
     for what, y in labels.items():
         kept = y >= 0
-        print(f"validation, {what}, {kept.sum():,} images, --tta {args.tta}")
+        print(f"{args.split}, {what}, {kept.sum():,} images, --tta {args.tta}")
         right = {name: p[kept].argmax(1) == y[kept] for name, p in proba.items()}
         for name, path in (("baseline", args.baseline), ("candidate", args.candidate), ("ensemble", "mean of both")):
             f = calibration.class_figures(proba[name][kept], y[kept])
