@@ -72,10 +72,6 @@ def parse_args(argv=None):
     p.add_argument("--init-from", default=None,
                    help="start from the weights of this trained .pkl of the same network (--width, --crop-px) "
                         "instead of random ones (default: none)")
-    p.add_argument("--class-balance", type=float, default=0.0, metavar="POWER",
-                   help="weigh each training image's loss by (images of the largest class / images of its "
-                        "class) ** POWER: 1 counts every class equally, 0.5 halfway (Disgust 4x, Happy 1x) "
-                        "(default: %(default)s, every image alike)")
     p.add_argument("--regions", action="store_true",
                    help="add two branches to the network that look at the eye region and the mouth region of "
                         "the 48x48 face at full resolution (fixed positions of FER2013's framing, "
@@ -150,12 +146,8 @@ def parse_args(argv=None):
         p.error(f"--crop-px must be even, from 32 to {IMAGE_SIZE}")
     if args.backbone != "vgg" and args.crop_px != IMAGE_SIZE:
         p.error("--crop-px is an option of our own CNN (--backbone vgg)")
-    if not 0 <= args.class_balance <= 1:
-        p.error("--class-balance must be 0 to 1")
     if args.folds == 1 or not 0 <= args.folds <= 10:
         p.error("--folds must be 2 to 10")
-    if args.class_balance and args.teacher:
-        p.error("--class-balance weighs labels; --teacher trains on a teacher's probabilities: choose one")
     if args.folds and args.benchmark:
         p.error("--benchmark times one network: leave out --folds")
     if args.folds and args.include_validation:
@@ -200,7 +192,7 @@ def main(argv=None):
     starting = nets.load_model(args.init_from) if args.init_from else None
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
     defaults = {"crop_px": IMAGE_SIZE, "include_validation": False, "teacher": None, "init_from": None,
-                "class_balance": 0.0, "regions": False, "folds": 0}
+                "regions": False, "folds": 0}
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
               and not (k in defaults and v == defaults[k]) and not (k == "teacher_copies" and not args.teacher)}
@@ -249,14 +241,12 @@ def train_network(args, data, out, model_name, config, starting, command, seed=N
     keras.utils.set_random_seed(seed)
     use_bf16 = args.mixed_precision == "on" or (args.mixed_precision == "auto" and training.cpu_has_bf16())
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if use_bf16 else "float32")
-    targets, weights = None, None
+    targets = None
     if args.teacher:  # the images the network will see, each with the teacher's probabilities
         data["x_train"], targets = training.teacher_labelled(data["x_train"], args.teacher, args.teacher_copies,
                                                              seed)
-    if args.class_balance:
-        weights = training.class_balance_weights(data["y_train"], args.class_balance)
     train_ds, val_ds = training.make_datasets(data, args.batch_size, args.erase_prob, seed, args.crop_px,
-                                              targets, teacher=bool(args.teacher), sample_weights=weights)
+                                              targets, teacher=bool(args.teacher))
     steps_per_epoch = len(data["x_train"]) // args.batch_size
     if steps_per_epoch < 1:
         raise UserError(f"{len(data['x_train'])} training images is fewer than one batch of {args.batch_size}")

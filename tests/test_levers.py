@@ -1,7 +1,7 @@
 """Issue 40's model levers: the FER+ votes lined up with FER2013's rows (they score models;
-training toward them was measured not to help), the class-balance weights, k-fold splits, the
-eye and mouth regions network, logit adjustment folded into a model; and (full tier) one tiny
-train.py run with all of them, resumed by fold, then scored on the FER+ majority labels."""
+training toward them was measured not to help), k-fold splits, the eye and mouth regions
+network, logit adjustment folded into a model; and (full tier) one tiny train.py run with the
+levers still in it, resumed by fold, then scored on the FER+ majority labels."""
 import json
 
 import numpy as np
@@ -10,7 +10,7 @@ import pytest
 
 from conftest import SHARED, TINY, assert_clean_error, full, needs_shared, run_script
 from expressions import EMOTIONS, UserError
-from expressions import calibration, training
+from expressions import calibration
 from expressions import data as fer2013
 from expressions import model as nets
 
@@ -78,14 +78,6 @@ def test_ferplus_votes_that_are_not_counts_are_one_line(tmp_path, value):
         fer2013.load_ferplus(path, fake_prepared())
 
 
-def test_class_balance_weights_average_one_and_favour_rare_classes():
-    y = np.array([0] * 100 + [1] * 4 + [3] * 400)
-    w = training.class_balance_weights(y, power=0.5)
-    assert w.mean() == pytest.approx(1)
-    assert w[100] / w[0] == pytest.approx(5) and w[0] / w[104] == pytest.approx(2)  # (100/4)^0.5, (400/100)^0.5
-    assert np.allclose(training.class_balance_weights(y, power=0.0), 1)
-
-
 def test_k_folds_deal_every_class_evenly_and_the_splits_partition_training():
     y = np.repeat(np.arange(7), [50, 7, 23, 90, 31, 12, 40])
     fold = fer2013.k_folds(y, 5, seed=3)
@@ -144,10 +136,10 @@ def test_fit_to_model_recovers_a_known_adjustment_and_temperature():
 
 @full
 @needs_shared
-def test_every_lever_in_one_tiny_run_resumed_by_fold(prepared_data, tmp_path):
+def test_the_levers_in_one_tiny_run_resumed_by_fold(prepared_data, tmp_path):
     votes = SHARED / "data" / "fer2013" / "fer2013new.csv"
-    command = ["train.py", *TINY, "--epochs", "1", "--folds", "2", "--regions", "--class-balance", "0.5",
-               "--data-dir", prepared_data, "--out", tmp_path, "--no-evaluate"]
+    command = ["train.py", *TINY, "--epochs", "1", "--folds", "2", "--regions", "--data-dir", prepared_data,
+               "--out", tmp_path, "--no-evaluate"]
     first = run_script(*command)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "fold 2/2: training on" in first.stdout
@@ -173,9 +165,7 @@ def test_every_lever_in_one_tiny_run_resumed_by_fold(prepared_data, tmp_path):
     assert redone.returncode == 0 and redone.stdout.count("finished before with these options") == 1
     assert "fold 1/2: training on" in redone.stdout
     for bad, message in ((["--folds", "1"], "--folds must be 2 to 10"),
-                         (["--regions", "--crop-px", "44"], "--regions is an option of our own CNN"),
-                         (["--class-balance", "2"], "--class-balance must be 0 to 1"),
-                         (["--class-balance", "0.5", "--teacher", "own"], "choose one")):
+                         (["--regions", "--crop-px", "44"], "--regions is an option of our own CNN")):
         refused = run_script("train.py", *bad, "--out", tmp_path / "bad")
         assert refused.returncode == 2 and message in refused.stderr
     # The two networks scored on the test images' FER2013 and FER+ majority labels, paired.

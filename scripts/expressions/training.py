@@ -70,15 +70,12 @@ def _whole_pixels(n, k):
     return tf.cast(tf.random.uniform([n], -k, k + 1, dtype=tf.int32), tf.float32)
 
 
-def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE, train_targets=None, teacher=False,
-                  sample_weights=None):
+def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE, train_targets=None, teacher=False):
     """Shuffled, augmented training batches and plain validation batches, one-hot labels.
     `train_targets` [n,7] replaces the training labels (probabilities of exactly these
     images). With teacher=True they are a teacher's and the images are only mirrored: the
     teacher's probabilities average the mirror, so they still hold, where a warp or an
-    erased patch would change what the teacher says; other targets (the FER+ votes)
-    describe the face, not its pixels, and follow every warp. `sample_weights` [n] weigh
-    each training image's loss."""
+    erased patch would change what the teacher says; other targets follow every warp."""
     import tensorflow as tf
     n_classes = len(EMOTIONS)
     y_train = np.eye(n_classes, dtype=np.float32)[data["y_train"].astype(int)]
@@ -89,8 +86,8 @@ def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE, train_
         augment = make_augment(0.0, max_rotation_deg=0.0, max_shift=0.0, zoom=0.0, crop_px=crop_px)
     y_val = np.eye(n_classes, dtype=np.float32)[data["y_val"].astype(int)]
 
-    def to_ds(x, y, train, weights=None):
-        ds = tf.data.Dataset.from_tensor_slices((x, y) if weights is None else (x, y, weights))
+    def to_ds(x, y, train):
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
         if train:
             ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size, drop_remainder=train)
@@ -99,18 +96,7 @@ def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE, train_
             ds = ds.map(lambda a, b, *rest: (*augment(a, b), *rest), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    weights = None if sample_weights is None else np.asarray(sample_weights, np.float32)
-    return to_ds(data["x_train"], y_train, True, weights), to_ds(data["x_val"], y_val, False)
-
-
-def class_balance_weights(y, power=0.5):
-    """Per-image loss weights (n_largest / n_class) ** power, scaled to a mean of 1 over the
-    images: power 1 weighs every class equally, 0.5 halfway on a log scale (Disgust's 392
-    training faces then count 4x, Happy's 6,494 once)."""
-    counts = np.bincount(np.asarray(y, int), minlength=len(EMOTIONS)).astype(float)
-    per_class = (counts.max() / np.maximum(counts, 1)) ** power
-    weights = per_class[np.asarray(y, int)]
-    return (weights / weights.mean()).astype(np.float32)
+    return to_ds(data["x_train"], y_train, True), to_ds(data["x_val"], y_val, False)
 
 
 def teacher_labelled(x, teacher, copies, seed, batch_size=256):
