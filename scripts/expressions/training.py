@@ -91,9 +91,9 @@ def make_datasets(data, batch_size, erase_prob, seed, crop_px=IMAGE_SIZE, train_
         if train:
             ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size, drop_remainder=train)
-        ds = ds.map(lambda a, *rest: (tf.cast(a, tf.float32), *rest))
+        ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
         if train:
-            ds = ds.map(lambda a, b, *rest: (*augment(a, b), *rest), num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     return to_ds(data["x_train"], y_train, True), to_ds(data["x_val"], y_val, False)
