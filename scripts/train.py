@@ -72,10 +72,6 @@ def parse_args(argv=None):
     p.add_argument("--init-from", default=None,
                    help="start from the weights of this trained .pkl of the same network (--width, --crop-px) "
                         "instead of random ones (default: none)")
-    p.add_argument("--regions", action="store_true",
-                   help="add two branches to the network that look at the eye region and the mouth region of "
-                        "the 48x48 face at full resolution (fixed positions of FER2013's framing, "
-                        "expressions/model.py), beside the whole face (default: off)")
     p.add_argument("--folds", type=int, default=0, metavar="K",
                    help="k-fold cross-validation: train K networks, each holding out its own K-th of the "
                         "training rows (stratified, --seed) as its validation; prints each fold's accuracy on "
@@ -152,8 +148,6 @@ def parse_args(argv=None):
         p.error("--benchmark times one network: leave out --folds")
     if args.folds and args.include_validation:
         p.error("--folds holds out rows of its own: it cannot train on the validation rows too")
-    if args.regions and (args.backbone != "vgg" or args.crop_px != IMAGE_SIZE):
-        p.error("--regions is an option of our own CNN (--backbone vgg) on the whole 48x48 face")
     if args.backbone == "mobilenet":
         if args.weights is None:  # no default: 'imagenet' would be a download
             p.error("--backbone mobilenet needs --weights: a path to mobilenet_2_5_224_tf_no_top.h5, "
@@ -171,7 +165,7 @@ def build_network(args, starting_weights=True):
     if args.backbone == "mobilenet":
         weights = None if args.weights == "none" or not starting_weights else args.weights
         return nets.build_mobilenet(weights, args.input_px, args.dropout)
-    return nets.build_cnn(args.width, args.dropout, args.crop_px, args.regions)
+    return nets.build_cnn(args.width, args.dropout, args.crop_px)
 
 
 def main(argv=None):
@@ -191,8 +185,7 @@ def main(argv=None):
         nets.load_model(args.teacher)  # a missing or unsafe model is refused before the long work
     starting = nets.load_model(args.init_from) if args.init_from else None
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
-    defaults = {"crop_px": IMAGE_SIZE, "include_validation": False, "teacher": None, "init_from": None,
-                "regions": False, "folds": 0}
+    defaults = {"crop_px": IMAGE_SIZE, "include_validation": False, "teacher": None, "init_from": None, "folds": 0}
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
               and not (k in defaults and v == defaults[k]) and not (k == "teacher_copies" and not args.teacher)}

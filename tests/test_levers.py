@@ -1,7 +1,7 @@
 """Issue 40's model levers: the FER+ votes lined up with FER2013's rows (they score models;
-training toward them was measured not to help), k-fold splits, the eye and mouth regions
-network, logit adjustment folded into a model; and (full tier) one tiny train.py run with the
-levers still in it, resumed by fold, then scored on the FER+ majority labels."""
+training toward them was measured not to help), k-fold splits, logit adjustment folded into
+a model; and (full tier) one tiny train.py run by folds, resumed by fold, then scored on the
+FER+ majority labels."""
 import json
 
 import numpy as np
@@ -94,24 +94,6 @@ def test_k_folds_deal_every_class_evenly_and_the_splits_partition_training():
     assert not np.array_equal(fold, fer2013.k_folds(y, 5, seed=4))
 
 
-def test_regions_network_sees_the_eyes_and_the_mouth_at_full_resolution():
-    model = nets.build_cnn(8, regions=True)
-    (top, bottom), (left, right) = nets.EYE_REGION
-    assert model.get_layer("eyes_region").output.shape[1:3] == (bottom - top, right - left)
-    (top, bottom), (left, right) = nets.MOUTH_REGION
-    assert model.get_layer("mouth_region").output.shape[1:3] == (bottom - top, right - left)
-    # Each branch reaches the head: silencing one branch's first convolution changes the output.
-    x = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 1)).astype("float32")
-    before = model.predict(x, verbose=0)
-    for branch in ("eyes", "mouth"):
-        layer = model.get_layer(f"{branch}_conv1_1")
-        kept = layer.get_weights()
-        layer.set_weights([np.zeros_like(w) for w in kept])
-        assert not np.allclose(model.predict(x, verbose=0), before, atol=1e-6), branch
-        layer.set_weights(kept)
-    assert model.count_params() > nets.build_cnn(8).count_params()
-
-
 def test_folded_logit_adjustment_computes_what_was_measured():
     members = [nets.build_cnn(8, 0.0), nets.build_cnn(8, 0.0)]
     ensemble = nets.build_ensemble(members)
@@ -138,7 +120,7 @@ def test_fit_to_model_recovers_a_known_adjustment_and_temperature():
 @needs_shared
 def test_the_levers_in_one_tiny_run_resumed_by_fold(prepared_data, tmp_path):
     votes = SHARED / "data" / "fer2013" / "fer2013new.csv"
-    command = ["train.py", *TINY, "--epochs", "1", "--folds", "2", "--regions", "--data-dir", prepared_data,
+    command = ["train.py", *TINY, "--epochs", "1", "--folds", "2", "--data-dir", prepared_data,
                "--out", tmp_path, "--no-evaluate"]
     first = run_script(*command)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -147,7 +129,7 @@ def test_the_levers_in_one_tiny_run_resumed_by_fold(prepared_data, tmp_path):
     assert summary["folds"] == 2 and summary["held_out_mean"] == pytest.approx(np.mean(summary["held_out_accuracy"]))
     for k in (1, 2):
         metrics = json.loads((tmp_path / f"my_own_model_fold{k}_metrics.json").read_text())
-        assert metrics["config"]["fold"] == k and metrics["config"]["regions"] is True
+        assert metrics["config"]["fold"] == k
         assert metrics["val_accuracy"] == summary["held_out_accuracy"][k - 1]
     # The ensemble figure is the two saved networks' on the validation split.
     data = fer2013.subset(fer2013.load_prepared(prepared_data), 384, seed=1)
@@ -164,10 +146,8 @@ def test_the_levers_in_one_tiny_run_resumed_by_fold(prepared_data, tmp_path):
     redone = run_script(*command)
     assert redone.returncode == 0 and redone.stdout.count("finished before with these options") == 1
     assert "fold 1/2: training on" in redone.stdout
-    for bad, message in ((["--folds", "1"], "--folds must be 2 to 10"),
-                         (["--regions", "--crop-px", "44"], "--regions is an option of our own CNN")):
-        refused = run_script("train.py", *bad, "--out", tmp_path / "bad")
-        assert refused.returncode == 2 and message in refused.stderr
+    refused = run_script("train.py", "--folds", "1", "--out", tmp_path / "bad")
+    assert refused.returncode == 2 and "--folds must be 2 to 10" in refused.stderr
     # The two networks scored on the test images' FER2013 and FER+ majority labels, paired.
     fold1, fold2 = tmp_path / "my_own_model_fold1.pkl", tmp_path / "my_own_model_fold2.pkl"
     scored = run_script("measure/compare_models.py", fold1, "--baseline", fold2, "--tta", "none", "--split", "test",

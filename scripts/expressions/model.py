@@ -27,55 +27,32 @@ HELD_OUT_MODEL = MODEL_DIR / "runs" / "run3b.pkl"
 
 
 # ---------------------------------------------------------------- the networks
-# Where FER2013's framing puts the eyes and the mouth (rows, columns of the 48x48 face, from
-# the mean training face: eyes about row 17, mouth about row 37), with room for faces that
-# sit a little off; the regions network (--regions) looks at each through its own branch.
-EYE_REGION = ((8, 26), (4, 44))
-MOUTH_REGION = ((28, 46), (10, 38))
-
-
-def build_cnn(width=32, dropout=0.3, crop_px=IMAGE_SIZE, regions=False):
+def build_cnn(width=32, dropout=0.3, crop_px=IMAGE_SIZE):
     """Our VGG-style CNN: four stages of two 3x3 convolutions (width, 2x, 4x, 8x channels)
     with batch norm, max pooling after each stage, then a 256-unit dense head. With
     crop_px < 48 it sees only the central crop_px x crop_px pixels (the training pipeline
-    then shifts each face so that it trains on random crops). With regions=True two more
-    branches of three stages (width, 2x, 4x) look at the eye region and the mouth region
-    at full resolution, and the head reads all three."""
+    then shifts each face so that it trains on random crops)."""
     import keras
     from keras import layers
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")
     x = inputs
     if crop_px < IMAGE_SIZE:
         x = layers.Cropping2D((IMAGE_SIZE - crop_px) // 2, name="central_crop")(x)
-    scaled = x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit")(x)
-
-    def stages(x, mults, prefix=""):
-        for stage, mult in enumerate(mults, start=1):
-            for k in range(2):
-                x = layers.Conv2D(width * mult, 3, padding="same", use_bias=False,
-                                  name=f"{prefix}conv{stage}_{k + 1}")(x)
-                x = layers.BatchNormalization(name=f"{prefix}bn{stage}_{k + 1}")(x)
-                x = layers.ReLU(name=f"{prefix}relu{stage}_{k + 1}")(x)
-            x = layers.MaxPooling2D(name=f"{prefix}pool{stage}")(x)
-        return x
-
-    x = stages(x, [1, 2, 4, 8])
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit")(x)
+    for stage, mult in enumerate([1, 2, 4, 8], start=1):
+        for k in range(2):
+            x = layers.Conv2D(width * mult, 3, padding="same", use_bias=False, name=f"conv{stage}_{k + 1}")(x)
+            x = layers.BatchNormalization(name=f"bn{stage}_{k + 1}")(x)
+            x = layers.ReLU(name=f"relu{stage}_{k + 1}")(x)
+        x = layers.MaxPooling2D(name=f"pool{stage}")(x)
     # A 3x3 spatial map left (2x2 from a 44 or 40 crop): flattening keeps where features are (mouth vs eyes).
     x = layers.Flatten(name="flatten")(x)
-    if regions:
-        branches = [x]
-        for name, ((top, bottom), (left, right)) in (("eyes", EYE_REGION), ("mouth", MOUTH_REGION)):
-            region = layers.Cropping2D(((top, IMAGE_SIZE - bottom), (left, IMAGE_SIZE - right)),
-                                       name=f"{name}_region")(scaled)
-            region = stages(region, [1, 2, 4], prefix=f"{name}_")
-            branches.append(layers.GlobalAveragePooling2D(name=f"{name}_features")(region))
-        x = layers.Concatenate(name="face_eyes_mouth")(branches)
     x = layers.Dense(256, use_bias=False, name="fc")(x)
     x = layers.BatchNormalization(name="bn_fc")(x)
     x = layers.ReLU(name="relu_fc")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(len(EMOTIONS), activation="softmax", dtype="float32", name="emotion")(x)
-    return keras.Model(inputs, outputs, name="fer_vgg_regions" if regions else "fer_vgg")
+    return keras.Model(inputs, outputs, name="fer_vgg")
 
 
 def build_mobilenet(weights, input_px=96, dropout=0.3):

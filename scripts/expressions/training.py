@@ -123,7 +123,7 @@ def copy_weights(source, model, name):
     """Start `model` from the weights of `source`, a trained network of the same shape."""
     shapes = [w.shape for w in source.get_weights()]
     if shapes != [w.shape for w in model.get_weights()]:
-        raise UserError(f"--init-from {name} is not this network (other --width, --crop-px or --regions): its weights "
+        raise UserError(f"--init-from {name} is not this network (other --width or --crop-px): its weights "
                         "do not fit")
     model.set_weights(source.get_weights())
 
