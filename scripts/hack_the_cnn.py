@@ -122,14 +122,11 @@ def attack(model, x0, target, eps, steps, min_probability=0.5, min_lead=0.2):
     done = tf.Variable(tf.zeros([x0.shape[0]], tf.bool))
     slack = 0.03
 
-    temperatures = getattr(model, "mode_temperatures", {})
-
-    def mode_probabilities(x):  # as make_predictor gives them: averaged, then tempered by the mode's t
+    def mode_probabilities(x):
         views = nets.tta_views(x, "flip+shift", tf)
         p = tf.reshape(tf.cast(model(tf.concat(views, 0), training=False), tf.float32),
                        [len(views), -1, len(EMOTIONS)])
-        return {mode: nets.temper(tf.reduce_mean(tf.gather(p, idx), 0), temperatures.get(mode, 1.0), tf)
-                for mode, idx in MODE_VIEWS.items()}
+        return {mode: tf.reduce_mean(tf.gather(p, idx), 0) for mode, idx in MODE_VIEWS.items()}
 
     @tf.function
     def step(alpha):

@@ -57,24 +57,10 @@ def test_calibrate_reports_then_folds_the_temperature(tiny_model, prepared_data,
 
     folded = run_script("build/calibrate.py", "--model", model, "--data-dir", prepared_data, "--out", tmp_path)
     assert folded.returncode == 0, folded.stderr[-2000:]
-    report = json.loads((tmp_path / "calibration.json").read_text())
-    t, mode_t = report["temperature"], report["mode_temperatures"]
-    # Each mode's own t, fitted after T, is written beside the model and applied after averaging.
-    assert json.loads(nets.mode_temperatures_path(model).read_text())["temperatures"] == mode_t
-    assert set(mode_t) == set(nets.TTA_MODES) and mode_t["flip"] == 1  # T is its fit
-    expected = nets.temper(calibration.with_temperature(member_logits(before, x)[None], t), mode_t["none"])
+    t = json.loads((tmp_path / "calibration.json").read_text())["temperature"]
+    expected = calibration.with_temperature(member_logits(before, x)[None], t)
     assert np.allclose(nets.predict_in_batches(nets.load_model(model), x, "none"), expected, atol=1e-4)
     assert "export_tflite.py" in folded.stdout
-    # A refit model keeps its folded T and takes its twin's mode t's: the .pkl is not rewritten.
-    pkl = model.read_bytes()
-    given = run_script("build/calibrate.py", "--model", model, "--data-dir", prepared_data, "--out", tmp_path,
-                       "--temperature", "1", "--mode-temperatures", "none=1.5,flip+shift=0.9")
-    assert given.returncode == 0, given.stderr[-2000:]
-    assert model.read_bytes() == pkl and "export_tflite.py" not in given.stdout
-    assert nets.read_mode_temperatures(model) == {"none": 1.5, "flip": 1.0, "flip+shift": 0.9}
-    for bad in ("none=9", "sideways=1", "none=x"):
-        refused = run_script("build/calibrate.py", "--model", model, "--temperature", "1", "--mode-temperatures", bad)
-        assert refused.returncode == 2 and "--mode-temperatures" in refused.stderr
     # A model refit on the validation rows takes a given T instead: nothing is fitted.
     given = run_script("build/calibrate.py", "--model", model, "--data-dir", prepared_data, "--out", tmp_path,
                        "--dry-run", "--temperature", "0.5")

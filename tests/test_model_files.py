@@ -236,37 +236,3 @@ def test_altered_committed_model_is_refused_unless_written_by_training(tmp_path,
     assert record_it.startswith("sha256sum ")
     subprocess.run(record_it, shell=True, check=True)
     nets.load_model(committed)
-
-
-def test_mode_temperatures_temper_each_mode_alike_in_keras_and_tflite(tmp_path):
-    """MODEL.modes.json (calibrate.py) gives each prediction mode its own t, applied after
-    the views are averaged: p ** (1/t) renormalised, by the Keras and the TensorFlow Lite
-    predictor alike; the top class never changes and a mode without a t is untouched."""
-    path = shutil.copy(PRE_TRAINED, tmp_path / "model.pkl")
-    faces = np.random.default_rng(0).integers(0, 256, (6, 48, 48, 1)).astype(np.uint8)
-    plain = {mode: nets.make_predictor(nets.load_model(path), mode)(faces).numpy() for mode in ("none", "flip")}
-    nets.mode_temperatures_path(path).write_text(json.dumps({"temperatures": {"none": 2.0}}))
-    model = nets.load_model(path)
-    tempered = nets.make_predictor(model, "none")(faces).numpy()
-    expected = np.sqrt(plain["none"]) / np.sqrt(plain["none"]).sum(1, keepdims=True)
-    assert np.allclose(tempered, expected, atol=1e-5)
-    assert (tempered.argmax(1) == plain["none"].argmax(1)).all() and (tempered.max(1) < plain["none"].max(1)).all()
-    assert np.allclose(nets.make_predictor(model, "flip")(faces).numpy(), plain["flip"], atol=1e-6)
-    # The pipeline's classifier: the TensorFlow Lite form beside the model reads the same file.
-    nets.tflite_path(path).write_bytes(nets.to_tflite(model, "float32"))
-    nets.record_path(nets.tflite_path(path)).write_text(json.dumps({"source_sha256": nets.file_sha256(path),
-                                                                    "kind": "float32"}))
-    predict, runtime = nets.frame_predictor(path, "none", "tflite")
-    assert str(runtime).startswith("tflite") and np.allclose(predict(faces), tempered, atol=1e-4)
-
-
-@pytest.mark.parametrize("content", [
-    "not json", "[]", '{"temperatures": [2]}', '{"temperatures": {"none": 0}}', '{"temperatures": {"none": NaN}}',
-    '{"temperatures": {"none": 1e400}}', '{"temperatures": {"sideways": 1}}', '{"temperatures": {"none": true}}',
-    '{"temperatures": {"none": "2"}}', '{"temperatures": {"none": 1}, "x": "' + "a" * 70_000 + '"}'])
-def test_a_damaged_mode_temperature_file_is_refused_in_one_line(tmp_path, content):
-    path = shutil.copy(PRE_TRAINED, tmp_path / "model.pkl")
-    nets.mode_temperatures_path(path).write_text(content)
-    with pytest.raises(UserError, match="model.modes.json") as err:
-        nets.load_model(path)
-    assert "\n" not in str(err.value) and len(str(err.value)) < 400

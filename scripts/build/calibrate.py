@@ -6,20 +6,13 @@ over- or under-confident; dividing its logits by one scalar T, fitted to minimis
 negative log-likelihood on the validation images, fixes most of that without changing
 any prediction of a single pass (the top class stays the top class). T is folded into the
 model's last layer, so every script and the web app print calibrated probabilities and
-the model still takes raw pixels and returns 7 probabilities. One T cannot fit every
-prediction mode (averaging views softens the probabilities), so each mode also gets its
-own t (but the --tta one T was fitted for), fitted on validation after T and applied after
-its views are averaged: p ** (1/t),
-renormalised, which never changes the top class. They are written beside the model as
-MODEL.modes.json, which every script, the stream and the web app read with the model.
+the model still takes raw pixels and returns 7 probabilities.
 
     python scripts/build/calibrate.py              # fit, report, fold into results/model/my_own_model.pkl
     python scripts/build/calibrate.py --dry-run    # fit and report only
     python scripts/build/calibrate.py --temperature 0.845  # a model refit on the validation rows (train.py
                                              # --include-validation): apply its twin's T, fit nothing
-    python scripts/build/calibrate.py --prior-adjustment 0.6 --temperature T   # an adjusted model
-    python scripts/build/calibrate.py --temperature 1 --mode-temperatures none=t1,flip=t2,flip+shift=t3
-                                             # a refit model that has its T: add its twin's mode t's
+    python scripts/build/calibrate.py --prior-adjustment 0.6 --temperature T   # the committed model
 
 --prior-adjustment TAU takes TAU x the log of each class's training share off the
 logits (logit adjustment: Disgust, the rarest class, is said more often), chosen on the
@@ -68,15 +61,6 @@ def parse_args(argv=None):
     p.add_argument("--prior-adjustment", type=float, default=0.0, metavar="TAU",
                    help="logit adjustment folded in before the temperature: TAU x the log of each class's share "
                         "of the training rows taken off the logits (default: %(default)s, none)")
-    p.add_argument("--mode-temperatures", default=None, metavar="MODE=t,...",
-                   help="each prediction mode's own temperature t, applied after its views are averaged, on top of "
-                        "T: one T cannot fit a single pass and the averages of views at once. Fitted on the "
-                        "validation split (after T) wherever T is fitted, for every mode but --tta's (1: T is its "
-                        "fit). With --temperature: fit, to fit them after the given T (a model that did not "
-                        "train on the validation rows), or the values, as none=1.03,flip+shift=1.01, for a model "
-                        "refit on those rows (its twin's fit); modes left out get 1. Written beside the model as "
-                        "MODEL.modes.json (default: fitted with T; with --temperature or --match, the model's own "
-                        "MODEL.modes.json, or 1 for every mode)")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="prepared data (default: %(default)s)")
     p.add_argument("--out", type=Path, default=MODEL_DIR,
                    help="folder for calibration.json and calibration.png (default: %(default)s)")
@@ -87,45 +71,19 @@ def parse_args(argv=None):
         p.error("--match fits the adjustment and T: leave out --temperature and --prior-adjustment")
     if not 0 <= args.prior_adjustment <= 2:
         p.error("--prior-adjustment must be 0 to 2")
-    if args.mode_temperatures is not None:
-        if args.temperature is None:
-            p.error("--mode-temperatures goes with --temperature: without it both are fitted on validation")
-        if args.mode_temperatures != "fit":
-            args.mode_temperatures = parse_mode_temperatures(p, args.mode_temperatures)
     return args
-
-
-def parse_mode_temperatures(p, text):
-    """'none=1.03,flip+shift=1.01' -> {mode: t}, every mode present (1 if left out)."""
-    given = {}
-    for item in text.split(","):
-        mode, _, value = item.strip().partition("=")
-        if mode not in nets.TTA_MODES:
-            p.error(f"--mode-temperatures: {mode[:40]!r} is not a mode ({', '.join(nets.TTA_MODES)})")
-        try:
-            t = float(value)
-        except ValueError:
-            t = float("nan")
-        if not 0.25 <= t <= 4:
-            p.error(f"--mode-temperatures: {mode}={value[:40]} is not a number from 0.25 to 4")
-        given[mode] = t
-    return {mode: given.get(mode, 1.0) for mode in nets.TTA_MODES}
 
 
 def main(argv=None):
     args = parse_args(argv)
     json_path, figure_path = check_file(args.out / "calibration.json"), check_file(args.out / "calibration.png")
     path = nets.model_path(args.model)
-    fit_modes = args.mode_temperatures == "fit" or (args.temperature is None and not args.match)
-    if fit_modes:
-        reports.require_held_out(args.model, "temperatures fitted there would be too sharp; give --temperature "
-                                             "and --mode-temperatures (those of its twin; --temperature 1 "
-                                             "--dry-run shows the committed model's figures as they are)")
-    modes_path = nets.mode_temperatures_path(args.model)
+    if args.temperature is None and not args.match:
+        reports.require_held_out(args.model, "a temperature fitted there would be too sharp; give --temperature "
+                                             "(0.845 for the committed model; --temperature 1 --dry-run shows "
+                                             "its figures as they are)")
     if not args.dry_run:
         check_file(path, "model")
-        check_file(modes_path, "mode temperatures")
-    command = " ".join(["python scripts/build/calibrate.py", *map(str, sys.argv[1:] if argv is None else argv)])
     model = nets.load_model(args.model)
     data = fer2013.load_prepared(args.data_dir)
     y_val, y_test = data["y_val"].astype(int), data["y_test"].astype(int)
@@ -145,61 +103,47 @@ def main(argv=None):
         fitted_on = "validation"
     else:
         t, fitted_on = args.temperature, "given"
-    mode_t = args.mode_temperatures if isinstance(args.mode_temperatures, dict) else \
-        {mode: model.mode_temperatures.get(mode, 1.0) for mode in nets.TTA_MODES}  # the model's own, if any
-    if fit_modes:  # each other mode's own t, after T, for its averaged probabilities
-        mode_t = {mode: 1.0 if mode == args.tta else calibration.fit_mode_temperature(calibration.with_temperature(
-            calibration.view_log_probabilities(model, data["x_val"], mode) - args.prior_adjustment * log_prior, t),
-            y_val) for mode in nets.TTA_MODES}
     if args.prior_adjustment:
         print(f"logit adjustment: tau = {args.prior_adjustment:.3g} x log prior taken off the logits", flush=True)
-    print(f"T = {t:.3f} ({'softer' if t > 1 else 'sharper' if t < 1 else 'the same'} probabilities); "
-          f"then each mode's own t: " + ", ".join(f"{mode} {mode_t[mode]:.3f}" for mode in nets.TTA_MODES))
+    print(f"T = {t:.3f} ({'softer' if t > 1 else 'sharper' if t < 1 else 'the same'} probabilities)")
 
-    print("| test images, --tta | mode t | accuracy before | after | ECE before | after | NLL before | after |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| test images, --tta | accuracy before | after | ECE before | after | NLL before | after |")
+    print("|---|---|---|---|---|---|---|")
     figures, panels = {}, {}
     for mode in nets.TTA_MODES:
         views = calibration.view_log_probabilities(model, data["x_test"], mode)
         row = {}
         for key, adjustment, temperature in (("before", 0.0, 1.0), ("after", args.prior_adjustment, t)):
             p = calibration.with_temperature(views - adjustment * log_prior, temperature)
-            if key == "after":
-                p = nets.temper(p, mode_t[mode])
             row[f"accuracy_{key}"] = float((p.argmax(1) == y_test).mean())
             row[f"ece_{key}"] = calibration.ece(p, y_test)
             row[f"nll_{key}"] = calibration.nll(p, y_test)
             row[f"mean_confidence_{key}"] = float(p.max(1).mean())
             panels.setdefault(mode, {})[key] = calibration.reliability(p, y_test)
             panels[mode][f"ece_{key}"] = row[f"ece_{key}"]
-        figures[mode] = {"mode_temperature": mode_t[mode], **row}
-        print(f"| {mode} | {mode_t[mode]:.3f} | {row['accuracy_before']:.2%} | {row['accuracy_after']:.2%} | {row['ece_before']:.2%} | "
+        figures[mode] = row
+        print(f"| {mode} | {row['accuracy_before']:.2%} | {row['accuracy_after']:.2%} | {row['ece_before']:.2%} | "
               f"{row['ece_after']:.2%} | {row['nll_before']:.4f} | {row['nll_after']:.4f} |", flush=True)
 
     write_json(json_path, {"model": path.name, "prior_adjustment": args.prior_adjustment,
-                           "temperature": t, "mode_temperatures": mode_t, "fitted_on": fitted_on,
-                           "fitted_for_tta": args.tta,
+                           "temperature": t, "fitted_on": fitted_on, "fitted_for_tta": args.tta,
                            "ece_bins": calibration.ECE_BINS, "test": figures, "folded": not args.dry_run,
-                           "command": command})
+                           "command": " ".join(["python scripts/build/calibrate.py",
+                                                *map(str, sys.argv[1:] if argv is None else argv)])})
     adjusted = f"logit adjustment tau = {args.prior_adjustment:g}, then " if args.prior_adjustment else ""
     plots.reliability_diagram(panels, figure_path, f"{path.name} on the {len(y_test):,} test images: {adjusted}one "
                               f"temperature T = {t:.3g} " + ("given (--temperature)" if fitted_on == "given"
-                                                             else f"fitted on {fitted_on} ({args.tta})")
-                              + ", then each mode's t (" + ", ".join(f"{m} {v:.3g}" for m, v in mode_t.items()) + ")")
+                                                             else f"fitted on {fitted_on} ({args.tta})"))
     print(f"wrote {json_path} and {figure_path}")
     if not args.dry_run:
-        changed = t != 1 or args.prior_adjustment
-        if changed:  # T = 1 without adjustment leaves the .pkl as it is, byte for byte
-            calibration.fold_prior_adjustment(model, log_prior, args.prior_adjustment)
-            nets.save_model(calibration.fold_temperature(model, t), path)
-        write_json(modes_path, {"temperatures": mode_t, "model": path.name,
-                                "fitted_on": "validation" if fit_modes else "given", "command": command})
+        calibration.fold_prior_adjustment(model, log_prior, args.prior_adjustment)
+        nets.save_model(calibration.fold_temperature(model, t), path)
         check = nets.predict_in_batches(nets.load_model(path), data["x_val"][:256], "none")
-        expected = nets.temper(calibration.with_temperature(calibration.view_log_probabilities(
-            model, data["x_val"][:256], "none"), 1.0), mode_t["none"])
+        expected = calibration.with_temperature(calibration.view_log_probabilities(
+            model, data["x_val"][:256], "none"), 1.0)
         assert np.allclose(check, expected, atol=1e-4), "the saved model does not reproduce the folded one"
-        print(f"{'folded the adjustment and T into ' + str(path) + ', ' if changed else ''}wrote {modes_path}"
-              + (": run `python scripts/build/export_tflite.py` to make its fast form again" if changed else ""))
+        print(f"folded {'the adjustment and ' if args.prior_adjustment else ''}T into {path}: run "
+              "`python scripts/build/export_tflite.py` to make its fast form again")
     return 0
 
 

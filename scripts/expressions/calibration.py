@@ -14,9 +14,8 @@ ECE_BINS = 15
 
 def view_log_probabilities(model, x, tta):
     """log-probabilities [views, members, n, 7] of each view a `tta` mode averages over,
-    from each member of an ensemble (one member for a single network), as the networks give
-    them (no mode temperature)."""
-    return np.stack([np.stack([np.log(np.clip(predict_in_batches(member, v, "none", tempered=False), 1e-12, 1))
+    from each member of an ensemble (one member for a single network)."""
+    return np.stack([np.stack([np.log(np.clip(predict_in_batches(member, v, "none"), 1e-12, 1))
                                for member in ensemble_members(model)]) for v in tta_views(x, tta)])
 
 
@@ -93,12 +92,6 @@ def fit_temperature(view_log_p, y):
             b = lo + g * (hi - lo)
             fb = nll(with_temperature(view_log_p, np.exp(b)), y)
     return float(np.exp((lo + hi) / 2))
-
-
-def fit_mode_temperature(p, y):
-    """The t that, applied to a mode's averaged probabilities p [n,7] (model.temper), gives
-    them the least negative log-likelihood."""
-    return fit_temperature(np.log(np.clip(p, 1e-12, 1))[None, None], y)
 
 
 def fold_prior_adjustment(model, log_prior, tau):

@@ -305,53 +305,7 @@ def load_model(name="own"):
     if in_shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 1) or out_shape[1:] != (len(EMOTIONS),):
         raise UserError(f"model {path} maps {in_shape} to {out_shape}; expected "
                         f"(None, 48, 48, 1) to (None, 7)")
-    model.mode_temperatures = read_mode_temperatures(path)
     return model
-
-
-def mode_temperatures_path(name) -> Path:
-    """Where calibrate.py writes a model's per-mode temperatures: MODEL.modes.json beside it."""
-    path = model_path(name)
-    return path.with_name(path.stem + ".modes.json")
-
-
-def read_mode_temperatures(name) -> dict:
-    """{tta mode: t} from MODEL.modes.json ({} without one): each mode's averaged probabilities
-    are tempered by its t (temper), because one temperature folded into the model cannot
-    fit a single pass and averages of views at once (docs/model.md, calibration). A t is a
-    number from 0.25 to 4 for a mode of TTA_MODES; anything else is a one-line UserError."""
-    import json
-    import math
-    path = mode_temperatures_path(name)
-    if not path.exists():
-        return {}
-    try:
-        if path.stat().st_size > 64 << 10:
-            raise ValueError("over 64 KB")
-        temperatures = json.loads(path.read_text())["temperatures"]
-        if not isinstance(temperatures, dict):
-            raise TypeError("not an object")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path} is not a mode-temperature file ({err.__class__.__name__}: {err}): remake it with "
-                        "`python scripts/build/calibrate.py` or delete it") from None
-    for mode, t in temperatures.items():
-        if mode not in TTA_MODES or isinstance(t, bool) or not isinstance(t, (int, float)) \
-                or not math.isfinite(t) or not 0.25 <= t <= 4:
-            raise UserError(f"{path}: {str(mode)[:40]!r}: {str(t)[:40]} is not a temperature from 0.25 to 4 for one "
-                            f"of the modes {', '.join(TTA_MODES)}: remake it with `python scripts/build/calibrate.py`")
-    return {mode: float(t) for mode, t in temperatures.items()}
-
-
-def temper(p, t, ops=np):
-    """Probabilities [n,7] tempered by t after the views were averaged: softmax(log p / t),
-    p ** (1/t) renormalised (the top class never changes). ops=np or tf."""
-    if t == 1:
-        return p
-    if ops is np:
-        z = np.log(np.clip(p, 1e-12, 1)) / t
-        z = np.exp(z - z.max(-1, keepdims=True))
-        return (z / z.sum(-1, keepdims=True)).astype(np.float32)
-    return ops.nn.softmax(ops.math.log(ops.maximum(p, 1e-12)) / t)
 
 
 def add_model_option(parser, default="own", why=""):
@@ -384,15 +338,13 @@ def add_tta_option(parser, default=DEFAULT_TTA, why="", stream=False, flag="--tt
                              + f" (default: %(default)s{why})")
 
 
-def make_predictor(model, tta=DEFAULT_TTA, tempered=True):
+def make_predictor(model, tta=DEFAULT_TTA):
     """A compiled function: uint8/float images [n,48,48,1] -> probabilities [n,7],
-    averaged over the views of the `tta` mode, then tempered by the model's t for that mode
-    (read_mode_temperatures; none: 1) unless tempered=False.
+    averaged over the views of the `tta` mode.
 
     Calling the model inside a tf.function avoids model.predict's large per-call cost
     (about 50 ms), which matters for video."""
     tf, _ = import_tensorflow()
-    t = getattr(model, "mode_temperatures", {}).get(tta, 1.0) if tempered else 1.0
 
     # Plain tensor code: AutoGraph has nothing to convert (and warned of a "closure mismatch").
     @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32)])
@@ -401,7 +353,7 @@ def make_predictor(model, tta=DEFAULT_TTA, tempered=True):
         views = tta_views(x, tta, tf)
         n = tf.shape(x)[0]
         p = tf.cast(model(tf.concat(views, 0), training=False), tf.float32)
-        return temper(tf.reduce_mean(tf.reshape(p, [len(views), n, len(EMOTIONS)]), axis=0), t, tf)
+        return tf.reduce_mean(tf.reshape(p, [len(views), n, len(EMOTIONS)]), axis=0)
 
     def predict(x):
         return predict_float(tf.cast(x, tf.float32))
@@ -425,15 +377,14 @@ def tta_views(x, tta, ops=np):
     return views
 
 
-_predictors = []  # (model, (tta, tempered), function), the most recent last: a few, never every model seen
+_predictors = []  # (model, tta, function), the most recent last: a few, never every model seen
 
 
-def predict_in_batches(model, x, tta=DEFAULT_TTA, batch_size=256, tempered=True):
+def predict_in_batches(model, x, tta=DEFAULT_TTA, batch_size=256):
     """Probabilities [n,7] for many images, one compiled function per model and mode."""
-    key = (tta, tempered)
-    found = [entry for entry in _predictors if entry[0] is model and entry[1] == key]
-    predict = found[0][2] if found else make_predictor(model, tta, tempered)
-    _predictors[:] = [e for e in _predictors if not (e[0] is model and e[1] == key)][-3:] + [(model, key, predict)]
+    found = [entry for entry in _predictors if entry[0] is model and entry[1] == tta]
+    predict = found[0][2] if found else make_predictor(model, tta)
+    _predictors[:] = [e for e in _predictors if not (e[0] is model and e[1] == tta)][-3:] + [(model, tta, predict)]
     out = [predict(x[i:i + batch_size]).numpy() for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, len(EMOTIONS)), np.float32)
 
@@ -492,12 +443,11 @@ def to_tflite(model, kind="dynamic", calibration=None):
 
 class TFLitePredictor:
     """Like make_predictor's function, on a TensorFlow Lite model: uint8/float images
-    [n,48,48,1] -> probabilities [n,7], averaged over the views of `tta`, then tempered by
-    `temperature` (the mode's, read_mode_temperatures). One interpreter per predictor (not
-    thread-safe: give each thread its own). xnnpack=False runs TensorFlow Lite's own
-    kernels instead of the XNNPACK delegate."""
+    [n,48,48,1] -> probabilities [n,7], averaged over the views of `tta`. One interpreter
+    per predictor (not thread-safe: give each thread its own). xnnpack=False runs
+    TensorFlow Lite's own kernels instead of the XNNPACK delegate."""
 
-    def __init__(self, content: bytes, tta=DEFAULT_TTA, threads=1, xnnpack=True, temperature=1.0):
+    def __init__(self, content: bytes, tta=DEFAULT_TTA, threads=1, xnnpack=True):
         tf, _ = import_tensorflow()
         options = {} if xnnpack else {"experimental_op_resolver_type":
                                       tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
@@ -506,7 +456,7 @@ class TFLitePredictor:
             self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads, **options)
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.output = self.interpreter.get_output_details()[0]["index"]
-        self.tta, self.temperature, self.batch = tta, temperature, None
+        self.tta, self.batch = tta, None
         self._allocate((1, IMAGE_SIZE, IMAGE_SIZE, 1))  # prints its note once, here, where it can be hidden
 
     def _allocate(self, shape):
@@ -526,7 +476,7 @@ class TFLitePredictor:
         # A quantised output is a distribution only to within its steps (the pair's int8
         # averaged output summed to 1.004-1.006, measured): make each row sum to 1.
         p /= np.maximum(p.sum(-1, keepdims=True), 1e-12)
-        return temper(p.reshape(-1, len(x), len(EMOTIONS)).mean(axis=0), self.temperature)
+        return p.reshape(-1, len(x), len(EMOTIONS)).mean(axis=0)
 
 
 RUNTIMES = ("auto", "tflite", "keras")
@@ -605,7 +555,7 @@ def per_face_ms(predict, calls=15, beaten_ms=None, faces=1):
     return float(np.median(times)) * 1000 / faces
 
 
-def fastest_tflite(forms, tta, temperature=1.0):
+def fastest_tflite(forms, tta):
     """The fastest form on this CPU, with or without XNNPACK: each is timed on one face with
     a single view (the views of `tta` cost alike for all) the first time this set of forms
     runs on this kind of CPU, and the choice is remembered (runtime_cache()), so that later
@@ -615,8 +565,7 @@ def fastest_tflite(forms, tta, temperature=1.0):
     contents = {kind: path.read_bytes() for kind, path in forms}
     if len(contents) == 1:
         kind, content = next(iter(contents.items()))
-        return (TFLitePredictor(content, tta, temperature=temperature),
-                Runtime(f"tflite {kind}", f"tflite {kind}: the only TensorFlow Lite form"))
+        return TFLitePredictor(content, tta), Runtime(f"tflite {kind}", f"tflite {kind}: the only TensorFlow Lite form")
     import hashlib
     key = cpu_line() + " | " + " ".join(sorted(hashlib.sha256(c).hexdigest()[:16] for c in contents.values()))
     cache = runtime_cache()
@@ -647,7 +596,7 @@ def fastest_tflite(forms, tta, temperature=1.0):
     name = f"tflite {kind}" + ("" if xnnpack else " (builtin kernels)")
     why = (f"{name}: {timings[chosen]:.2f} ms per face and view, the fastest form on this CPU when measured on "
            f"{choice['measured']} (then {others} ms; XNNPACK unless builtin); {cpu_line()}")
-    return TFLitePredictor(contents[kind], tta, xnnpack=xnnpack, temperature=temperature), Runtime(name, why)
+    return TFLitePredictor(contents[kind], tta, xnnpack=xnnpack), Runtime(name, why)
 
 
 def usable_choice(choice, contents):
@@ -688,7 +637,7 @@ def frame_predictor(model_name, tta, runtime="auto"):
     if runtime in ("auto", "tflite"):
         forms = tflite_forms(model_name)
         if forms:
-            return fastest_tflite(forms, tta, read_mode_temperatures(model_name).get(tta, 1.0))
+            return fastest_tflite(forms, tta)
         if runtime == "tflite" and path.exists():
             raise UserError(f"{path} was not made from {model_path(model_name)}: "
                             "run `python scripts/build/export_tflite.py` again")
