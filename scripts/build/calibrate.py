@@ -12,7 +12,9 @@ the model still takes raw pixels and returns 7 probabilities.
     python scripts/build/calibrate.py --dry-run    # fit and report only
     python scripts/build/calibrate.py --temperature 0.845  # a model refit on the validation rows (train.py
                                              # --include-validation): apply its twin's T, fit nothing
-    python scripts/build/calibrate.py --prior-adjustment 0.6 --temperature T   # the committed model
+    python scripts/build/calibrate.py --model adjusted/adjusted.pkl --prior-adjustment 0.6 --temperature 0.773 \
+        --out adjusted   # logit adjustment (Disgust said more often), on the ensemble of runs 21-23
+                         # made by build/ensemble.py; not the committed model (iterations.md, section 12)
 
 --prior-adjustment TAU takes TAU x the log of each class's training share off the
 logits (logit adjustment: Disgust, the rarest class, is said more often), chosen on the
