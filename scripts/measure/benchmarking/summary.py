@@ -1,5 +1,6 @@
 """benchmarks.md (the tables) and benchmarks.png (the four charts) from the results that
 benchmark.py measured."""
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +81,16 @@ def plot(results, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.6), gridspec_kw={"width_ratios": [1, 0.5, 1, 1.3]})
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.6), gridspec_kw={"width_ratios": [1, 0.5, 1, 1.3]},
+                             layout="constrained")  # tight_layout let the long labels overlap the next panel
+    wrap = lambda name: textwrap.fill(name, 34)  # noqa: E731
     colour = lambda name: ("tab:orange" if name.startswith("fer") else  # noqa: E731
                            "tab:cyan" if name.startswith("ours pre-trained") else
                            "tab:green" if name.startswith("default stream") else "tab:blue")
 
     acc = results["test_accuracy"]
     names = list(acc)
-    axes[0].barh(names, [acc[n]["accuracy"] * 100 for n in names], color=[colour(n) for n in names])
+    axes[0].barh([wrap(n) for n in names], [acc[n]["accuracy"] * 100 for n in names], color=[colour(n) for n in names])
     axes[0].set_xlabel("accuracy on the 7,178 test images, %")
     axes[0].set_xlim(50, 75)
 
@@ -101,7 +104,7 @@ def plot(results, path: Path):
     axes[2].barh(y - 0.2, [lat[n]["batch1"]["median"] for n in names], 0.4, color=[colour(n) for n in names])
     axes[2].barh(y + 0.2, [lat[n]["batch64"]["median"] for n in names], 0.4, color=[colour(n) for n in names],
                  alpha=0.45)
-    axes[2].set_yticks(y, names)
+    axes[2].set_yticks(y, [wrap(n) for n in names], fontsize=8)
     axes[2].set_xlabel("ms per face (median)")
     axes[2].legend(handles=[Patch(color="grey"), Patch(color="grey", alpha=0.45)],  # bars are coloured by tool
                    labels=["batch of 1", "per face, batch of 64"], fontsize=8)
@@ -119,5 +122,4 @@ def plot(results, path: Path):
     axes[3].legend(fontsize=8)
     fig.suptitle(f"ours vs fer {results['fer_version']}, measured in one run on {machine_line(results['machine'])}",
                  fontsize=9)
-    fig.tight_layout()
     save_figure(fig, path, dpi=100)
