@@ -27,8 +27,8 @@ from expressions import model as nets
 from expressions import plots
 from expressions.crops import add_crop_option
 from expressions.faces import DETECT_EVERY, DETECT_WIDTH, add_detector_option
-from expressions.pipeline import draw_faces, timeline_csv
-from expressions.outputs import check_file, write_json, write_text
+from expressions.pipeline import TIMELINE_COLUMNS, draw_faces, timeline_csv
+from expressions.outputs import check_file, check_user_outputs, write_json, write_text
 from expressions.video import VideoFile, check_video_path
 
 
@@ -92,13 +92,20 @@ def print_second(second):
         print(f"{second.time}s : {face.emotion} , {int(round(face.probability * 100))}%{suffix}", flush=True)
 
 
-def run(args):
-    # Every output is checked before the stream starts, not after it ends.
-    if args.save_video:
-        check_video_path(args.save_video)
-    for path, what in ((args.csv, "CSV file"), (args.plot, "plot"), (args.json, "JSON file")):
+def check_outputs(args):
+    """Every output checked before the stream starts, not after it ends: writable, not an
+    input, and not a file this toolkit did not write (outputs.check_user_outputs)."""
+    outputs = [(check_video_path(args.save_video), "video", None)] if args.save_video else []
+    for path, what, header in ((args.csv, "CSV file", ",".join(TIMELINE_COLUMNS)), (args.plot, "plot", None),
+                               (args.json, "JSON file", None)):
         if path:
-            check_file(path, what)
+            outputs.append((check_file(path, what), what, header))
+    inputs = [nets.model_path(args.model), args.fallback] + ([] if args.source.isdigit() else [args.source])
+    check_user_outputs(outputs, inputs)
+
+
+def run(args):
+    check_outputs(args)
     print("Reading video stream ...", flush=True)
     recognizer = EmotionRecognizer(args.model, args.detector, args.crop, args.tta, args.runtime)
     print(f"classifier: {nets.model_path(args.model).name}, {args.tta} test-time augmentation, "
@@ -106,7 +113,7 @@ def run(args):
     stream = open_stream(recognizer, args)
     signal.signal(signal.SIGINT, lambda signum, frame: stream.stop())  # Ctrl-C: the last second still printed
     video = VideoFile(args.save_video, stream.fps) if args.save_video else None
-    seconds, started = [], time.time()
+    seconds, started, finished = [], time.time(), False
     try:
         for frame in stream:
             for second in frame.seconds:
@@ -114,10 +121,11 @@ def run(args):
                 print_second(second)
             if video:
                 video.write(draw_faces(frame.image, frame.faces))
+        finished = True  # Ctrl-C ends the stream normally: what was read is kept
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if video:
-            video.close()
+            video.close(keep=finished)  # a failure mid-way leaves no half video, nor a file replaced by one
     elapsed, frames = time.time() - started, stream.frames
     if frames == 0:
         raise UserError(f"no frame could be read from {stream.name}")
@@ -134,7 +142,7 @@ def run(args):
     print(f"{frames} frames ({video_seconds:.1f} s of video) in {elapsed:.1f} s: {frames / elapsed:.1f} FPS, "
           f"{video_seconds / elapsed:.1f}x real time{skipped}", file=sys.stderr)
     if args.json:
-        write_json(args.json, {"source": stream.name, "frames": frames, "video_seconds": video_seconds,
+        write_json(args.json, mark=True, obj={"source": stream.name, "frames": frames, "video_seconds": video_seconds,
                                "elapsed_seconds": elapsed, "fps": frames / elapsed, "skipped_frames": stream.skipped,
                                "model": nets.model_path(args.model).name, "tta": args.tta,
                                "runtime": recognizer.runtime, "classifier": recognizer.runtime_reason,

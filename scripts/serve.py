@@ -12,11 +12,13 @@ and requests in flight end, its temporary files are removed, exit code 0.
 
 Safe to leave running: it answers only requests whose Host header names it and, from a
 browser, only its own page (other sites' pages get 403, unless --allow-origin names them);
-images are measured before they are decoded; uploads, the video queue, its disk space,
-connections and slow clients are all bounded (413, 429, 503, or the connection closed).
+images are measured before they are decoded, videos known by their container; uploads, the
+video queue, its disk space, connections, webcam streams and slow or idle clients are all
+bounded (413, 415, 429, 503, or the connection closed).
 """
 import argparse
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -70,16 +72,23 @@ def parse_args(argv=None):
     p.add_argument("--max-connections", type=int, default=128,
                    help="open connections and requests at once; past it new requests get 503 (default: "
                         "%(default)s)")
+    p.add_argument("--max-streams", type=int, default=16,
+                   help="webcam streams (WebSockets of /api/stream) open at once, a part of --max-connections; "
+                        "past it a new one is refused until one closes (default: %(default)s)")
     p.add_argument("--request-timeout", type=float, default=60,
-                   help="seconds a client has to send a request's headers and body; slower connections are "
-                        "closed, so slow clients cannot hold the server's connections (default: %(default)s)")
+                   help="seconds a client has to send a request's headers and body, and a webcam stream to send "
+                        "its next frame; slower connections are closed, so slow or idle clients cannot hold the "
+                        "server's connections (default: %(default)s)")
     args = p.parse_args(argv)
-    for name in ("pipelines", "max_video_jobs", "max_connections"):
+    for name in ("pipelines", "max_video_jobs", "max_connections", "max_streams"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give 1 or more")
     for name in ("max_megapixels", "video_disk_mb", "request_timeout", "max_upload_mb", "max_video_mb"):
         if not getattr(args, name) > 0:  # also refuses nan
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a positive number")
+    if args.max_streams >= args.max_connections:
+        raise UserError(f"--max-streams {args.max_streams}: give fewer than --max-connections "
+                        f"({args.max_connections}), so that streams leave connections for requests")
     return args
 
 
@@ -110,6 +119,10 @@ def main(argv=None):
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: give a port from 1 to 65535")
     check_port(args.host, args.port)  # before the models load: a taken port is said at once
+    # OpenCV's own ceiling on a decoded image, a second line behind the header check: the
+    # server's limit. OpenCV reads it once, when imported.
+    if "cv2" not in sys.modules:
+        os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(int(args.max_megapixels * 1e6))
     try:
         import uvicorn
         from expressions.web import create_app
@@ -118,7 +131,7 @@ def main(argv=None):
     app = create_app(args.model, args.detector, args.tta, args.crop, args.runtime, args.max_upload_mb,
                      args.max_video_mb, args.pipelines, args.max_megapixels, args.max_video_jobs,
                      args.video_disk_mb, args.host, args.allow_origin, args.stream_model,
-                     args.stream_tta)
+                     args.stream_tta, args.max_streams, args.request_timeout)
     if args.host not in LOCAL_HOSTS:
         print(f"warning: listening on {args.host}: anyone who can reach this machine on port {args.port} can "
               "use the server and send it images", file=sys.stderr)
@@ -161,7 +174,7 @@ def close_slow_clients(connections, timeout, seen):
     bounds none of these). `seen` maps a connection to what it was waiting for and since
     when. A request fully received is the server's time, not the client's; an idle
     keep-alive connection is closed by uvicorn itself after 5 s; WebSockets have their own
-    pings (20 s) and time out when not answered."""
+    pings (20 s), and the app closes one that sends no frame for `timeout` (web.create_app)."""
     now = time.monotonic()
     for conn in list(connections):
         cycle = getattr(conn, "cycle", "websocket")

@@ -136,6 +136,28 @@ def test_unwritable_outputs_are_refused_before_the_stream_starts(tmp_path, optio
     assert_clean_error(run_script("predict_live_stream.py", "--save-video", tmp_path / "x.gif"), ".mp4 or .avi")
 
 
+def test_the_stream_never_replaces_its_input_or_a_file_it_did_not_write(tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", [cv2.resize(astronaut_bgr(), (320, 320))] * 20)
+    mine = tmp_path / "notes.csv"
+    mine.write_text("my notes\n")
+    link = tmp_path / "link.json"
+    link.symlink_to(clip)  # a link to the input is the input
+    before = clip.read_bytes()
+    for option, path, said in (("--save-video", clip, "is one of the inputs"), ("--csv", mine, "did not write"),
+                               ("--json", link, "is one of the inputs")):
+        result = run_script("predict_live_stream.py", "--source", clip, option, path)
+        assert_clean_error(result, said)
+        assert result.stdout == ""  # refused before the stream starts
+    assert clip.read_bytes() == before and mine.read_text() == "my notes\n"
+    # Its own outputs, from an earlier run, are replaced: a command can be run again.
+    outputs = ["--save-video", tmp_path / "a.mp4", "--csv", tmp_path / "t.csv", "--plot", tmp_path / "t.png",
+               "--json", tmp_path / "run.json"]
+    for _ in range(2):
+        result = run_script("predict_live_stream.py", "--source", clip, *outputs)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert int(cv2.VideoCapture(str(tmp_path / "a.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 20
+
+
 @full
 def test_missing_and_corrupt_video(tmp_path):
     assert_clean_error(run_script("predict_live_stream.py", "--source", tmp_path / "none.mp4"), "video not found")

@@ -189,7 +189,10 @@ def test_video_upload_gives_progress_timeline_and_downloads(client, tmp_path):
     assert int(cv2.VideoCapture(str(annotated)).get(cv2.CAP_PROP_FRAME_COUNT)) == 50
     assert client.get(f"/api/video/{job}/other.txt").status_code == 404
 
-    bad = client.post("/api/video", files={"video": ("x.mp4", b"not a video", "video/mp4")}).json()["job"]
+    not_video = client.post("/api/video", files={"video": ("x.mp4", b"not a video", "video/mp4")})
+    assert not_video.status_code == 415 and "x.mp4 is not a video file" in not_video.json()["detail"]
+    truncated = write_video(tmp_path / "t.mp4", [astronaut_bgr()] * 5).read_bytes()[:48]  # an MP4's start only
+    bad = client.post("/api/video", files={"video": ("x.mp4", truncated, "video/mp4")}).json()["job"]
     while (status := client.get(f"/api/video/{bad}").json())["state"] not in ("done", "error"):
         time.sleep(0.1)
     assert status["state"] == "error" and status["error"] == "x.mp4 is not a video the server can decode"

@@ -1,6 +1,7 @@
 """The web app under hostile input: decompression bombs, other sites' pages, DNS rebinding,
 a full video queue, odd file names and frames, slow clients, SIGTERM with work in flight.
 Every bomb is made here and is small on disk."""
+import base64
 import os
 import resource
 import signal
@@ -12,12 +13,15 @@ import time
 
 import cv2
 import httpx
+import numpy as np
 import pytest
 
 from conftest import SHARED, assert_clean_error, needs_shared, run_script, full
 from expressions import browser
-from expressions.hostile import png_bomb
+from expressions.hostile import disguised_bomb, png_bomb
+from expressions.video import FramesTooLarge, open_video
 from expressions.web import create_app
+from starlette.websockets import WebSocketDisconnect
 from test_faces_video import astronaut_bgr, write_video
 from test_web import WS_URL, local_client, needs_browser
 
@@ -71,8 +75,12 @@ def test_websocket_bombs_text_frames_and_odd_names_get_one_line_answers(app_and_
             assert "not an image" in ws.receive_json()["error"]
     odd = post(client, b"GIF89a not really", "a\x00b/../../etc/passwd.gif")
     assert odd.status_code == 400 and "\x00" not in odd.json()["detail"]
-    video = client.post("/api/video", files={"video": ("clip\x00.mp4", b"junk", "video/mp4")})
-    assert video.status_code == 200  # stored under a name of the server's own, never the client's
+    junk = client.post("/api/video", files={"video": ("clip\x00.mp4", b"junk", "video/mp4")})
+    assert junk.status_code == 415 and "\x00" not in junk.json()["detail"]
+    # An MP4's first bytes, then junk: stored under a name of the server's own, never the client's.
+    video = client.post("/api/video", files={"video": ("clip\x00.mp4", b"\0\0\0\x18ftypisom" + b"junk" * 9,
+                                                       "video/mp4")})
+    assert video.status_code == 200
     job = video.json()["job"]
     deadline = time.time() + 30
     while (status := client.get(f"/api/video/{job}").json())["state"] not in ("done", "error"):
@@ -81,6 +89,57 @@ def test_websocket_bombs_text_frames_and_odd_names_get_one_line_answers(app_and_
     assert status["state"] == "error" and "not a video" in status["error"]
     download = client.get(f"/api/video/{job}/timeline.csv")  # a failed job says so, not "still being read"
     assert download.status_code == 409 and "failed" in download.json()["detail"]
+
+
+def test_a_disguised_bomb_a_strip_and_a_huge_annotation_get_bounded_answers(app_and_client):
+    _, client = app_and_client
+    # A WebP that a plugin without a first-bytes check would take for a small Photo CD image.
+    bomb = disguised_bomb()  # made first: making it takes the memory of its pixels once
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    response = post(client, bomb, "bomb.webp")
+    assert response.status_code == 413 and "7100x7100" in response.json()["detail"]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 < peak + 200  # never decoded (151 MB)
+    # A strip 3000x2 (no face fits when it is scaled for the search) and a picture wider than
+    # JPEG allows: answered, the annotated picture scaled to the server's bounds.
+    for width, height in ((3000, 2), (66000, 8)):
+        strip = cv2.imencode(".png", np.full((height, width, 3), 90, np.uint8))[1].tobytes()
+        response = client.post("/api/predict", params={"annotate": "true"}, files={"image": ("s.png", strip, "image/png")})
+        assert response.status_code == 200 and response.json()["faces"] == [], response.text[:200]
+        shown = cv2.imdecode(np.frombuffer(base64.b64decode(response.json()["annotated"].split(",")[1]), np.uint8), 1)
+        assert max(shown.shape[:2]) <= 4096 and shown.shape[0] * shown.shape[1] <= 2e6
+
+
+def wait_for_idle_video_queue(jobs, seconds=60):
+    deadline = time.time() + seconds
+    while any(job["state"] in ("queued", "running") for job in list(jobs.jobs.values())):
+        assert time.time() < deadline
+        time.sleep(0.1)
+
+
+def test_uploaded_videos_are_known_by_their_container_not_their_name(app_and_client, tmp_path):
+    app, client = app_and_client
+    wait_for_idle_video_queue(app.state.jobs)  # max_video_jobs=1
+    # A playlist naming a video of the server's disk: FFmpeg would read that file and the
+    # job would serve its frames back. Refused, as an image sent as a video is.
+    private = write_video(tmp_path / "private.mp4", [astronaut_bgr()] * 10, fps=10)
+    playlist = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{private}\n#EXT-X-ENDLIST\n".encode()
+    for name, data in (("x.m3u8", playlist), ("photo.mp4", png_bomb(64, 64))):
+        response = client.post("/api/video", files={"video": (name, data, "video/mp4")})
+        assert response.status_code == 415 and "not a video file" in response.json()["detail"], name
+    # A real video wider than the video codec can write (8,191 pixels): its timeline, no annotated video.
+    wide = tmp_path / "wide.avi"
+    writer = cv2.VideoWriter(str(wide), cv2.VideoWriter_fourcc(*"MJPG"), 5, (8200, 16))
+    for _ in range(5):
+        writer.write(np.full((16, 8200, 3), 90, np.uint8))
+    writer.release()
+    with pytest.raises(FramesTooLarge, match="8200x16 pixels"):  # a job's frames are measured before one is read
+        open_video(str(wide), max_megapixels=0.1)
+    job = client.post("/api/video", files={"video": ("wide.avi", wide.read_bytes(), "video/x-msvideo")}).json()["job"]
+    wait_for_idle_video_queue(app.state.jobs)
+    status = client.get(f"/api/video/{job}").json()
+    assert status["state"] == "done" and status["frames"] == 5 and status["annotated"] is False, status
+    assert client.get(f"/api/video/{job}/timeline.csv").status_code == 200
+    assert client.get(f"/api/video/{job}/annotated.mp4").status_code == 404
 
 
 def test_the_video_queue_and_its_disk_space_are_bounded(app_and_client, tmp_path):
@@ -111,10 +170,7 @@ def test_the_video_queue_and_its_disk_space_are_bounded(app_and_client, tmp_path
 def test_uploads_sent_at_once_cannot_all_pass_the_queue(app_and_client):
     app, client = app_and_client
     jobs = app.state.jobs  # max_video_jobs=1, max_video_disk_mb=4
-    deadline = time.time() + 60  # the test before may leave its last upload being read
-    while any(job["state"] in ("queued", "running") for job in list(jobs.jobs.values())):
-        assert time.time() < deadline
-        time.sleep(0.1)
+    wait_for_idle_video_queue(jobs)  # the test before may leave its last upload being read
     first, why = jobs.reserve(MB)  # admitted before its body is read: counted from then on
     assert first and why is None
     second, why = jobs.reserve(MB)
@@ -162,6 +218,31 @@ def test_an_allowed_origin_may_use_the_api():
         assert post(client, jpeg(astronaut_bgr()), origin="https://other.example").status_code == 403
     with pytest.raises(Exception, match="--allow-origin"):
         create_app(allow_origins=["not an origin"])
+
+
+def test_surplus_and_idle_streams_are_closed_so_they_cannot_hold_connections():
+    app = create_app(tta="none", pipelines=1, max_streams=1, stream_idle_seconds=1)
+    with local_client(app) as client:
+        with client.websocket_connect(WS_URL) as ws:
+            ws.send_bytes(jpeg(astronaut_bgr()))
+            assert len(ws.receive_json()["faces"]) == 1
+            with pytest.raises(WebSocketDisconnect) as refused:  # the server's one stream is in use
+                with client.websocket_connect(WS_URL):
+                    pass
+            assert refused.value.code == 1013
+            with pytest.raises(WebSocketDisconnect) as idle:  # no frame for a second: closed
+                ws.receive_json()
+            assert idle.value.code == 1001
+        for attempt in range(20):  # the slot is free again (once the closed stream's handler has ended)
+            try:
+                with client.websocket_connect(WS_URL) as ws:
+                    ws.send_bytes(jpeg(astronaut_bgr()))
+                    assert len(ws.receive_json()["faces"]) == 1
+                break
+            except WebSocketDisconnect:
+                time.sleep(0.1)
+        else:
+            pytest.fail("no stream could be opened after the idle one was closed")
 
 
 def closed_by_server(sock):
@@ -254,6 +335,7 @@ def test_serve_refuses_bad_limits_with_one_line_and_leaves_nothing(tmp_path):
                             capture_output=True, text=True, timeout=60, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert_clean_error(result, "--pipelines 0")
     assert_clean_error(run_script("serve.py", "--max-megapixels", "nan"), "--max-megapixels")
+    assert_clean_error(run_script("serve.py", "--max-streams", "128"), "--max-streams", "--max-connections")
     assert not list(tmp_path.iterdir())
 
 

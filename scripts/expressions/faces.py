@@ -33,6 +33,9 @@ class Face:
 MAX_MEGAPIXELS = 200.0
 
 
+MIN_SEARCH_SIDE = 10  # pixels: YuNet finds no face in a strip narrower than this
+
+
 class ImageTooLarge(UserError):
     """An image whose header claims more pixels than the limit: refused before decoding."""
 
@@ -40,7 +43,10 @@ class ImageTooLarge(UserError):
 def image_size(source):
     """(width, height) read from an image's header (bytes, or a path), without decoding its
     pixels; None if it is in no format known here. Pillow's format plugins read the header;
-    its own "decompression bomb" check is skipped, since the caller applies its own limit."""
+    its own "decompression bomb" check is skipped, since the caller applies its own limit.
+    Only plugins that recognise the file's first bytes are asked: a plugin without that
+    check (PCD, TGA, ...) would report its own fixed size for a WebP or PPM file that
+    OpenCV then decodes at the size its real header claims."""
     import io
     from PIL import Image
     Image.init()
@@ -49,7 +55,7 @@ def image_size(source):
         for name in Image.ID:
             factory, accept = Image.OPEN[name]
             try:
-                if accept is not None and accept(prefix) is not True:
+                if accept is None or accept(prefix) is not True:
                     continue
                 fp.seek(0)
                 width, height = factory(fp, "").size
@@ -164,8 +170,11 @@ class FaceDetector:
 
     def _detect_scaled(self, image, scale):
         import cv2
+        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+        if min(size) < MIN_SEARCH_SIDE:  # a strip (3000x2 pixels): no face fits, and 0 pixels would not resize
+            return []
         small = image if scale == 1 else cv2.resize(
-            image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+            image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         if self.name == "haar":
             gray = to_gray(small)
             min_side = max(12, int(40 * min(scale, 1)))

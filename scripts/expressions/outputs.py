@@ -6,7 +6,8 @@ plain open(path, "w") would give: the temporary file is created with mode 0666, 
 umask (and any default ACL) applies, not mkstemp's owner-only 0600.
 
 Files the user names (predict.py's --csv and --json, and the NAME_emotions.png images in
-its --out folder) follow two more rules, checked before the work (check_user_outputs):
+its --out folder; evaluate_photos.py's; predict_live_stream.py's --save-video, --csv, --plot
+and --json) follow two more rules, checked before the work (check_user_outputs):
   - an input is never overwritten (compared by device and inode, so a symlink or a
     hard link to an input counts as that input);
   - a file this toolkit did not write is never replaced: the run is refused with one
@@ -14,7 +15,7 @@ its --out folder) follow two more rules, checked before the work (check_user_out
 A file this toolkit wrote is recognised by its content, not its name: every PNG written
 here ends with a tEXt chunk "Software: expressions" (just before IEND); a JSON file
 written with mark=True begins with the key "written_by": "expressions ..."; a CSV by its
-writer's exact header line. Anything else, or a file edited and re-saved by another
+writer's exact header line; an MP4 or AVI video by a last box holding the marker. Anything else, or a file edited and re-saved by another
 program, is someone else's.
 Other outputs, files of fixed names in an output folder (results/ by default: reports,
 figures, models, videos, hack_the_cnn.py's four files), are replaced atomically, marked
@@ -104,6 +105,19 @@ def own_image(path) -> bool:
         return False
 
 
+# A video written here ends with the marker in a box every reader skips: an MP4 'free' box,
+# or an AVI 'JUNK' chunk after the RIFF one (its body kept even, as RIFF chunks are).
+_VIDEO_MARK_BODY = f"Software: {SOFTWARE}".encode().ljust(22, b"\0")
+VIDEO_MARKS = {".mp4": struct.pack(">I", 8 + len(_VIDEO_MARK_BODY)) + b"free" + _VIDEO_MARK_BODY,
+               ".avi": b"JUNK" + struct.pack("<I", len(_VIDEO_MARK_BODY)) + _VIDEO_MARK_BODY}
+
+
+def mark_video(path):
+    """Append the marker to a finished .mp4 or .avi file (in place: it is still a temporary file)."""
+    with open(path, "ab") as f:
+        f.write(VIDEO_MARKS[Path(path).suffix.lower()])
+
+
 _JSON_MARK = re.compile(rb'\A\s*\{\s*"written_by"\s*:\s*"' + re.escape(SOFTWARE.encode()) + rb'[ "]')
 
 
@@ -118,6 +132,9 @@ def written_here(path, csv_header: str | None = None) -> bool:
         return False
     if head.startswith(_PNG_SIGNATURE):
         return own_image(path)
+    mark = VIDEO_MARKS.get(path.suffix.lower())
+    if mark is not None and _tail(path, len(mark)) == mark:
+        return True
     if _JSON_MARK.match(head):
         return True
     return csv_header is not None and head.split(b"\n", 1)[0].rstrip(b"\r") == csv_header.encode()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import UserError
-from .outputs import check_file, new_file_beside
+from .outputs import check_file, mark_video, new_file_beside
 
 VIDEO_SUFFIXES = (".mp4", ".avi")  # what the pip OpenCV wheel can write: mp4v and MJPG
 
@@ -60,18 +60,48 @@ class Capture:
         return getattr(self.cap, name)
 
 
-def open_video(source):
+class FramesTooLarge(UserError):
+    """A video whose frames are over the caller's megapixel limit: refused before the first is read."""
+
+
+def open_video(source, max_megapixels=None):
     """A webcam index (int) or a file path / URL opened for reading: a Capture (used like a
-    cv2.VideoCapture, from the first frame), or None if it cannot be opened or read."""
+    cv2.VideoCapture, from the first frame), or None if it cannot be opened or read.
+    FramesTooLarge if its frames are over max_megapixels (checked before one is decoded to BGR)."""
     import cv2
     cap = cv2.VideoCapture(source)
     if not cap.isOpened():
         return None
+    if max_megapixels is not None:
+        width, height = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+        if width * height > max_megapixels * 1e6:
+            cap.release()
+            raise FramesTooLarge(f"its frames are {width:.0f}x{height:.0f} pixels: the limit is {max_megapixels:g} "
+                                 "megapixels")
     ok, frame = cap.read()  # some backends "open" a device or file they cannot read
     if not ok or frame is None:
         cap.release()
         return None
     return Capture(cap, frame)
+
+
+# Containers an uploaded video may come in, known by their first bytes (FFmpeg, not the
+# client's file name, decides how a file is read: a playlist named .m3u8 would make it
+# read other files of the server's disk), with the suffix the upload is stored under.
+def video_container(head: bytes):
+    """'.mp4' (MP4, MOV, 3GP), '.avi', '.mkv' (Matroska, WebM), '.ts' (MPEG-TS), '.mpg'
+    (MPEG-PS), or None for anything else (images, playlists, scripts, text)."""
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"):
+        return ".mp4"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return ".avi"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return ".mkv"
+    if len(head) > 3 * 188 and all(head[k] == 0x47 for k in range(0, 4 * 188, 188)):
+        return ".ts"
+    if head[:4] == b"\x00\x00\x01\xba":
+        return ".mpg"
+    return None
 
 
 def video_fps(cap):
@@ -89,8 +119,9 @@ def check_video_path(path) -> Path:
 
 
 class VideoFile:
-    """A video written frame by frame into a temporary file beside `path`; close() renames
-    it into place, so an interrupted run never leaves half a video under the real name."""
+    """A video written frame by frame into a temporary file beside `path`; close() marks it
+    as written here and renames it into place, so an interrupted run never leaves half a
+    video under the real name (close(keep=False) drops it)."""
 
     def __init__(self, path, fps):
         self.path, self.fps = check_video_path(path), fps
@@ -113,7 +144,11 @@ class VideoFile:
             self.writer.release()
             self.writer = None
         if self.tmp is not None:
-            os.replace(self.tmp, self.path) if keep else self.tmp.unlink(missing_ok=True)
+            if keep:
+                mark_video(self.tmp)
+                os.replace(self.tmp, self.path)
+            else:
+                self.tmp.unlink(missing_ok=True)
             self.tmp = None
 
 

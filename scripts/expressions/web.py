@@ -16,6 +16,7 @@ and its disk space are bounded (429 past them); a request whose Host header does
 this server, or whose Origin (what browsers send) is another site's, gets 403 (DNS
 rebinding, and pages the user happens to visit); file names are never used as paths.
 """
+import asyncio
 import base64
 import contextlib
 import ipaddress
@@ -41,11 +42,14 @@ from . import model as nets
 from .api import EmotionRecognizer
 from .faces import ImageTooLarge, decode_image
 from .pipeline import draw_faces, timeline_csv
-from .video import VideoFile, open_video, video_fps
+from .video import FramesTooLarge, VideoFile, open_video, video_container, video_fps
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MB = 1024 * 1024
 MAX_MEGAPIXELS = 50.0  # the server's image limit: a 48 MP phone photo passes; the scripts allow 200
+# ?annotate=true sends the picture back scaled to at most this, so the answer is bounded
+# (a 50 MP photo of noise is 30 MB of JPEG) and JPEG can hold it (65,500 pixels a side at most).
+MAX_ANNOTATED_MEGAPIXELS, MAX_ANNOTATED_SIDE = 2.0, 4096
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 
@@ -111,13 +115,25 @@ def shown_name(filename, default="the upload"):
 
 
 def jpeg_data_url(image, quality=85):
+    """The image as a JPEG data URL, scaled down to the bounds above."""
     import cv2
+    scale = min(1.0, (MAX_ANNOTATED_MEGAPIXELS * 1e6 / (image.shape[0] * image.shape[1])) ** 0.5,
+                MAX_ANNOTATED_SIDE / max(image.shape[:2]))
+    if scale < 1:
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise HTTPException(400, "the annotated picture could not be encoded: ask without annotate")
     return "data:image/jpeg;base64," + base64.b64encode(buffer.tobytes()).decode()
 
 
 class QueueFull(Exception):
     """The video queue or its disk space is full: 429."""
+
+
+class NotAVideo(Exception):
+    """An upload in no video container the server reads: 415."""
 
 
 class VideoJobs:
@@ -138,7 +154,11 @@ class VideoJobs:
     def disk_used(self):
         if self.root is None:
             return 0
-        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+        used = 0
+        for f in self.root.rglob("*"):
+            with contextlib.suppress(OSError):  # a job's folder removed meanwhile by reserve()
+                used += f.stat().st_size if f.is_file() else 0
+        return used
 
     def reserve(self, upload_bytes):
         """Admit an upload of this size before its body is read: (a reservation, None), or
@@ -167,17 +187,23 @@ class VideoJobs:
             self.reserved.pop(token, None)
 
     def start(self, upload, filename, token):
-        """Store an upload admitted by reserve() and queue it; returns its job id."""
+        """Store an upload admitted by reserve() and queue it; returns its job id. The file
+        is stored under the suffix of the container its first bytes show (NotAVideo if
+        none): the client's file name is shown in messages, never used."""
         with self.lock:
             if token not in self.reserved:
                 raise QueueFull("this upload was not admitted: send it again")
+        suffix = video_container(upload.read(1024))
+        upload.seek(0)
+        if suffix is None:
+            raise NotAVideo(f"{shown_name(filename)} is not a video file the server reads (MP4, MOV, AVI, MKV, "
+                            "WebM, MPEG-TS or MPEG-PS)")
         if self.root is None:
             self.root = Path(tempfile.mkdtemp(prefix="expressions-serve-"))
         job_id = uuid.uuid4().hex[:12]
         folder = self.root / job_id
         folder.mkdir()
-        suffix = Path(filename or "").suffix.lower()  # kept only as a hint for the decoder
-        source = folder / ("upload" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".mp4"))
+        source = folder / ("upload" + suffix)
         with open(source, "wb") as out:
             shutil.copyfileobj(upload, out)
         job = {"state": "queued", "frames": 0, "total_frames": 0, "progress": 0.0, "seconds": [], "fps": 0.0,
@@ -204,15 +230,13 @@ class VideoJobs:
 
     def run(self, job, source, name):
         import cv2
-        cap = open_video(str(source))
+        try:
+            cap = open_video(str(source), self.max_megapixels)
+        except FramesTooLarge as err:
+            job.update(state="error", error=f"{name}: {err}")
+            return
         if cap is None:
             job.update(state="error", error=f"{name} is not a video the server can decode")
-            return
-        width, height = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
-        if width * height > self.max_megapixels * 1e6:
-            cap.release()
-            job.update(state="error", error=f"{name} has frames of {width:.0f}x{height:.0f} pixels: the limit is "
-                                           f"{self.max_megapixels:g} megapixels")
             return
         job.update(state="running", total_frames=max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))))
         fps, stream, seconds = video_fps(cap), self.readers.stream_reader(), []
@@ -227,10 +251,14 @@ class VideoJobs:
                 seconds += ended
                 job["seconds"] += [s.to_dict() for s in ended]
                 if job["annotated"]:
-                    video.write(draw_faces(frame, faces))
-                    if frames % 30 == 0 and self.disk_used() > self.max_disk:  # the annotated video grows
-                        video.close(keep=False)
+                    try:
+                        video.write(draw_faces(frame, faces))
+                    except UserError:  # no codec writes frames this size (over 8,191 pixels wide): timeline only
                         job["annotated"] = False
+                    if frames % 30 == 0 and self.disk_used() > self.max_disk:  # the annotated video grows
+                        job["annotated"] = False
+                    if not job["annotated"]:
+                        video.close(keep=False)
                 frames += 1
                 job.update(frames=frames, progress=min(1.0, frames / max(job["total_frames"], frames + 1)))
             if self.stopping.is_set():
@@ -239,9 +267,10 @@ class VideoJobs:
             seconds += ended
             job["seconds"] += [s.to_dict() for s in ended]
             video.close()
-        except Exception as err:  # a broken file mid-way: the job says so, the server goes on
+        except Exception as err:  # a broken file mid-way: the job says so (no server path), the server goes on
             video.close(keep=False)
-            job.update(state="error", error=f"{name} could not be read to the end: {err}")
+            job.update(state="error", error=f"{name} could not be read to the end: {err.__class__.__name__} after "
+                                           f"{frames} frames")
             return
         finally:
             cap.release()
@@ -266,12 +295,14 @@ class VideoJobs:
 def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto", runtime="auto",
                max_upload_mb=10.0, max_video_mb=200.0, pipelines=2, max_megapixels=MAX_MEGAPIXELS,
                max_video_jobs=3, max_video_disk_mb=1000.0, host="127.0.0.1", allow_origins=(), stream_model="fast",
-               stream_tta=nets.ALTERNATE):
+               stream_tta=nets.ALTERNATE, max_streams=16, stream_idle_seconds=60.0):
     """The FastAPI app; the model and the detector are loaded here, once. `host` is the
     address the server listens on (Host headers naming it are answered); `allow_origins`
     are web origins (scheme://host[:port]) of other sites whose pages may use the API.
     Photos are read with `model` and `tta`; streams (the WebSocket, video jobs) with
-    `stream_model` and `stream_tta`, as predict_live_stream.py reads them."""
+    `stream_model` and `stream_tta`, as predict_live_stream.py reads them. At most
+    `max_streams` WebSockets are open at once, each closed after `stream_idle_seconds`
+    without a frame: idle sockets cannot take the connections HTTP requests need."""
     origins = [allowed_origin(o) for o in allow_origins]
     readers = Recognizers(pipelines, model, detector, tta, crop, runtime, stream_model, stream_tta)
     jobs = VideoJobs(readers, max_megapixels, max_video_jobs, max_video_disk_mb)
@@ -296,6 +327,7 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
     app.add_middleware(SameOrigin, host=host, origins=origins)  # added last: runs first
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.jobs = jobs
+    streams = {"open": 0}  # WebSockets open now: counted on the event loop, so no lock
 
     # Plain answers are async: they never wait behind photos for a worker thread.
     @app.get("/", include_in_schema=False)
@@ -327,8 +359,19 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
         ids that stay the same across frames, and the per-second averages of any second
         that ended, computed as predict_live_stream.py computes them (faces searched in
         every 2nd frame and followed in between). A frame that cannot be read gets
-        {"error": ...} and the stream goes on."""
-        await socket.accept()
+        {"error": ...} and the stream goes on. Past the server's limit of streams the socket
+        is refused (1013, try again later); a stream silent for the idle limit is closed (1001)."""
+        if streams["open"] >= max_streams:
+            await socket.close(code=1013, reason=f"the server's {max_streams} streams are in use: try again later")
+            return
+        streams["open"] += 1
+        try:
+            await socket.accept()
+            await serve_stream(socket)
+        finally:
+            streams["open"] -= 1
+
+    async def serve_stream(socket):
         started = time.time()
         state = readers.stream_reader(clock=started)
 
@@ -341,7 +384,11 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
 
         try:
             while True:
-                message = await socket.receive()
+                try:
+                    message = await asyncio.wait_for(socket.receive(), stream_idle_seconds)
+                except asyncio.TimeoutError:
+                    await socket.close(code=1001, reason=f"no frame for {stream_idle_seconds:g} s")
+                    break
                 if message["type"] == "websocket.disconnect":
                     break
                 if message.get("bytes") is None:
@@ -351,6 +398,9 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
                     shape, faces, ended, ms = await run_in_threadpool(read, message["bytes"])
                 except HTTPException as err:
                     await socket.send_json({"error": err.detail})
+                    continue
+                except Exception as err:  # noqa: BLE001 (one frame the pipeline chokes on: said, the stream goes on)
+                    await socket.send_json({"error": f"that frame could not be read ({err.__class__.__name__})"})
                     continue
                 await socket.send_json({"faces": [face.to_dict() for face in faces], "width": shape[1],
                                         "height": shape[0], "seconds": [s.to_dict() for s in ended],
@@ -368,6 +418,8 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
             return {"job": jobs.start(video.file, video.filename, request.scope.get("video_reservation"))}
         except QueueFull as err:
             raise HTTPException(429, str(err)) from None
+        except NotAVideo as err:
+            raise HTTPException(415, str(err)) from None
 
     def job_or_404(job_id):
         job = jobs.get(job_id)
@@ -391,7 +443,8 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
         if job["state"] != "done":
             raise HTTPException(409, f"the video is still being read ({job['progress']:.0%})")
         if name == "annotated.mp4" and not job["annotated"]:
-            raise HTTPException(404, "the annotated video was not kept: it outgrew the server's space for videos")
+            raise HTTPException(404, "the annotated video was not kept: it outgrew the server's space for videos, "
+                                     "or its frames are too wide for the video codec")
         return FileResponse(job["folder"] / name, filename=name)
 
     @app.exception_handler(RequestValidationError)
@@ -399,6 +452,11 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
         return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal(request, err):  # a bug's answer: JSON and no traceback for the client (the log has it)
+        return JSONResponse({"detail": f"the server could not answer this request ({err.__class__.__name__})"},
+                            status_code=500)
 
     return app
 

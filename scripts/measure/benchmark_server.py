@@ -9,7 +9,7 @@
    request when its answer arrives: requests per second, latency percentiles, errors,
    and the server's memory (resident set) before and after.
 4. The same load again beside a hostile mix for as long: decompression bombs (a 0.4 MB
-   PNG of 12000x12000 pixels), requests from another site's page and under another host
+   PNG of 12000x12000 pixels, a WebP of 7100x7100 disguised as a Photo CD image), requests from another site's page and under another host
    name, the largest photo allowed (49 megapixels) every half second, junk video uploads, bombs and text frames over the WebSocket, and slow clients
    that send their headers a byte at a time. The normal clients' errors and latency are
    compared with step 3; the hostile requests' answers are counted; the server's peak
@@ -32,7 +32,7 @@ import numpy as np
 
 from expressions import RESULTS_DIR, UserError, machine, machine_line, run_cli
 from expressions import browser
-from expressions.hostile import png_bomb, slow_client
+from expressions.hostile import disguised_bomb, png_bomb, slow_client
 from expressions import model as nets
 from expressions.outputs import check_folder, write_json, write_text
 from expressions.pipeline import EmotionReader
@@ -97,14 +97,16 @@ HOSTILE_PAUSE = 0.05  # each hostile loop sends about 20 requests a second
 
 async def hostile_mix(url, seconds):
     """Hostile clients for `seconds`, each in a loop: the server's answers counted by kind
-    and status (0: no answer). Expected: bombs 413, foreign pages and host names 403, the
-    largest photo allowed 200 (no face), junk videos 200 (the job then fails) or 429,
-    WebSocket bombs and text frames an error message."""
+    and status (0: no answer). Expected: bombs 413 (a PNG, and a WebP disguised as a Photo
+    CD image), foreign pages and host names 403, the largest photo allowed 200 (no face),
+    junk videos 415 (no video container) or 429, WebSocket bombs and text frames an error
+    message."""
     import httpx
     from websockets.asyncio.client import connect
     host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
     bomb, header_bomb, junk = png_bomb(12000, 12000), png_bomb(60000, 60000, pixels=False), os.urandom(1024 * 1024)
     largest = png_bomb(7000, 7000)  # 49 megapixels, just under the server's 50: decoded, 147 MB
+    disguised = disguised_bomb()  # 50.4 megapixels in under 4 KB
     counts, deadline = collections.Counter(), time.perf_counter() + seconds
 
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -134,6 +136,8 @@ async def hostile_mix(url, seconds):
         until = asyncio.get_running_loop().time() + seconds
         slow = await asyncio.gather(
             repeat("bomb PNG", lambda: client.post("/api/predict", files={"image": ("bomb.png", bomb, "image/png")})),
+            repeat("bomb WebP seen as Photo CD", lambda: client.post(
+                "/api/predict", files={"image": ("bomb.webp", disguised, "image/webp")})),
             repeat("another site's page", lambda: client.post(
                 "/api/predict", files={"image": photo}, headers={"origin": "http://evil.example"})),
             repeat("another host name", lambda: client.get("/api/health", headers={"host": "evil.example"})),
@@ -143,7 +147,7 @@ async def hostile_mix(url, seconds):
                    pause=0.5),
             websocket_bombs(),
             *(slow_client(host, port, until) for _ in range(SLOW_CLIENTS)))
-        counts["slow clients closed by the server"] = sum(slow[6:])
+        counts["slow clients closed by the server"] = sum(slow[7:])
     return dict(sorted(counts.items()))
 
 
