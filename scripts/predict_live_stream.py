@@ -12,7 +12,9 @@ that second, so the answer does not flicker. When a second shows several faces, 
 line ends with the face's id, stable across seconds: `00:00:03s : Happy , 73% (face 2)`.
 A second without a face prints `00:00:03s : no face`. For a webcam the time is the wall
 clock; for a file it is the position in the video (or the wall clock with --realtime).
-Speed figures go to stderr at the end (and to --json).
+Speed figures go to stderr at the end (and to --json). Outputs never replace an input or a
+file this toolkit did not write (refused before the stream starts); its own earlier outputs
+are replaced, so a command can be run again.
 """
 import argparse
 import signal
@@ -62,7 +64,7 @@ def parse_args(argv=None):
                    help="annotated video (.mp4 or .avi): box, emotion, probability per face (default: none)")
     p.add_argument("--csv", type=Path, default=None,
                    help="per-second timeline: time, face id, box, 7 probabilities, valence, arousal (default: none)")
-    p.add_argument("--plot", type=Path, default=None, help="emotion-timeline figure (.png) (default: none)")
+    p.add_argument("--plot", type=Path, default=None, help="emotion-timeline figure, a .png (default: none)")
     p.add_argument("--json", type=Path, default=None,
                    help="run figures as JSON: source, frames, seconds of video, elapsed seconds, FPS (default: none)")
     return p.parse_args(argv)
@@ -100,6 +102,8 @@ def check_outputs(args):
                                (args.json, "JSON file", None)):
         if path:
             outputs.append((check_file(path, what), what, header))
+    if args.plot and args.plot.suffix.lower() != ".png":  # a PNG carries the marker that makes a re-run replace it
+        raise UserError(f"cannot write plot {args.plot}: use a .png name")
     inputs = [nets.model_path(args.model), args.fallback] + ([] if args.source.isdigit() else [args.source])
     check_user_outputs(outputs, inputs)
 

@@ -149,6 +149,8 @@ def test_the_stream_never_replaces_its_input_or_a_file_it_did_not_write(tmp_path
         assert_clean_error(result, said)
         assert result.stdout == ""  # refused before the stream starts
     assert clip.read_bytes() == before and mine.read_text() == "my notes\n"
+    # A plot is a PNG, which carries the marker: another format could not be replaced on a re-run.
+    assert_clean_error(run_script("predict_live_stream.py", "--source", clip, "--plot", tmp_path / "t.svg"), ".png")
     # Its own outputs, from an earlier run, are replaced: a command can be run again.
     outputs = ["--save-video", tmp_path / "a.mp4", "--csv", tmp_path / "t.csv", "--plot", tmp_path / "t.png",
                "--json", tmp_path / "run.json"]

@@ -4,6 +4,7 @@ Every bomb is made here and is small on disk."""
 import base64
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 from conftest import SHARED, assert_clean_error, needs_shared, run_script, full
 from expressions import browser
 from expressions.hostile import disguised_bomb, png_bomb
-from expressions.video import FramesTooLarge, open_video
+from expressions.video import FramesTooLarge, open_video, restrict_upload_demuxers, video_container
 from expressions.web import create_app
 from starlette.websockets import WebSocketDisconnect
 from test_faces_video import astronaut_bgr, write_video
@@ -126,6 +127,13 @@ def test_uploaded_videos_are_known_by_their_container_not_their_name(app_and_cli
     for name, data in (("x.m3u8", playlist), ("photo.mp4", png_bomb(64, 64))):
         response = client.post("/api/video", files={"video": (name, data, "video/mp4")})
         assert response.status_code == 415 and "not a video file" in response.json()["detail"], name
+    # An image whose bytes 4-8 spell an MP4 box passes that first look; only FFmpeg opens
+    # uploads, so OpenCV's image-sequence reader does not decode it as a one-frame video.
+    fake = bytearray(cv2.imencode(".bmp", astronaut_bgr())[1].tobytes())
+    fake[4:8] = b"free"
+    job = client.post("/api/video", files={"video": ("fake.mp4", bytes(fake), "video/mp4")}).json()["job"]
+    wait_for_idle_video_queue(app.state.jobs)
+    assert "not a video the server can decode" in client.get(f"/api/video/{job}").json()["error"]
     # A real video wider than the video codec can write (8,191 pixels): its timeline, no annotated video.
     wide = tmp_path / "wide.avi"
     writer = cv2.VideoWriter(str(wide), cv2.VideoWriter_fourcc(*"MJPG"), 5, (8200, 16))
@@ -140,6 +148,32 @@ def test_uploaded_videos_are_known_by_their_container_not_their_name(app_and_cli
     assert status["state"] == "done" and status["frames"] == 5 and status["annotated"] is False, status
     assert client.get(f"/api/video/{job}/timeline.csv").status_code == 200
     assert client.get(f"/api/video/{job}/annotated.mp4").status_code == 404
+
+
+UPLOAD_FORMATS = {"flv": "-c:v flv1", "wmv": "-c:v wmv2", "ogv": "-c:v libtheora", "webm": "-c:v libvpx",
+                  "mov": "-c:v mjpeg", "mpg": "-c:v mpeg2video -f mpeg", "m2v": "-c:v mpeg2video -f mpeg2video",
+                  "m2ts": "-c:v libx264 -f mpegts -mpegts_m2ts_mode 1", "h264": "-c:v libx264 -f h264"}
+
+
+def test_every_container_the_server_names_is_read_and_a_playlist_is_not(tmp_path, monkeypatch):
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed: the containers cannot be made")
+    monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", raising=False)  # restored after the test
+    restrict_upload_demuxers()  # as the server does at start
+    source = write_video(tmp_path / "source.mp4", [np.roll(astronaut_bgr()[::8, ::8], 3 * k, 1) for k in range(10)])
+    read = {}
+    for name, options in UPLOAD_FORMATS.items():
+        made = tmp_path / f"made.{name}"
+        if subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(source), *options.split(), str(made)]).returncode:
+            continue  # this ffmpeg lacks that encoder
+        suffix = video_container(made.read_bytes()[:1024])
+        stored = made.rename(tmp_path / f"upload-{name}{suffix}")  # as the server stores it
+        cap = open_video(str(stored), 50, ffmpeg_only=True)
+        read[name] = sum(1 for _ in iter(lambda: cap.read()[0], False)) if cap else 0
+    assert read and all(frames == 10 for frames in read.values()), read
+    playlist = tmp_path / "list.m3u8"  # named as FFmpeg wants it: still not opened
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{source}\n#EXT-X-ENDLIST\n")
+    assert video_container(playlist.read_bytes()) is None and open_video(str(playlist), ffmpeg_only=True) is None
 
 
 def test_the_video_queue_and_its_disk_space_are_bounded(app_and_client, tmp_path):
@@ -226,10 +260,10 @@ def test_surplus_and_idle_streams_are_closed_so_they_cannot_hold_connections():
         with client.websocket_connect(WS_URL) as ws:
             ws.send_bytes(jpeg(astronaut_bgr()))
             assert len(ws.receive_json()["faces"]) == 1
-            with pytest.raises(WebSocketDisconnect) as refused:  # the server's one stream is in use
-                with client.websocket_connect(WS_URL):
-                    pass
-            assert refused.value.code == 1013
+            with client.websocket_connect(WS_URL) as surplus:  # the server's one stream is in use
+                with pytest.raises(WebSocketDisconnect) as refused:
+                    surplus.receive_json()
+            assert refused.value.code == 1013 and "in use" in refused.value.reason
             with pytest.raises(WebSocketDisconnect) as idle:  # no frame for a second: closed
                 ws.receive_json()
             assert idle.value.code == 1001

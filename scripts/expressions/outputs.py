@@ -107,7 +107,8 @@ def own_image(path) -> bool:
 
 # A video written here ends with the marker in a box every reader skips: an MP4 'free' box,
 # or an AVI 'JUNK' chunk after the RIFF one (its body kept even, as RIFF chunks are).
-_VIDEO_MARK_BODY = f"Software: {SOFTWARE}".encode().ljust(22, b"\0")
+_VIDEO_MARK_BODY = f"Software: {SOFTWARE}".encode()
+_VIDEO_MARK_BODY += b"\0" * (len(_VIDEO_MARK_BODY) % 2)
 VIDEO_MARKS = {".mp4": struct.pack(">I", 8 + len(_VIDEO_MARK_BODY)) + b"free" + _VIDEO_MARK_BODY,
                ".avi": b"JUNK" + struct.pack("<I", len(_VIDEO_MARK_BODY)) + _VIDEO_MARK_BODY}
 

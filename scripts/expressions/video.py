@@ -64,12 +64,15 @@ class FramesTooLarge(UserError):
     """A video whose frames are over the caller's megapixel limit: refused before the first is read."""
 
 
-def open_video(source, max_megapixels=None):
+def open_video(source, max_megapixels=None, ffmpeg_only=False):
     """A webcam index (int) or a file path / URL opened for reading: a Capture (used like a
     cv2.VideoCapture, from the first frame), or None if it cannot be opened or read.
-    FramesTooLarge if its frames are over max_megapixels (checked before one is decoded to BGR)."""
+    FramesTooLarge if its frames are over max_megapixels, as the stream's header gives them,
+    before one is read (a stream whose frames grow later is not caught: FFmpeg decodes
+    them, and OpenCV scales them to the first size). ffmpeg_only: not OpenCV's other
+    readers (its image-sequence reader would read an image file as a one-frame video)."""
     import cv2
-    cap = cv2.VideoCapture(source)
+    cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG) if ffmpeg_only else cv2.VideoCapture(source)
     if not cap.isOpened():
         return None
     if max_megapixels is not None:
@@ -85,23 +88,45 @@ def open_video(source, max_megapixels=None):
     return Capture(cap, frame)
 
 
-# Containers an uploaded video may come in, known by their first bytes (FFmpeg, not the
-# client's file name, decides how a file is read: a playlist named .m3u8 would make it
-# read other files of the server's disk), with the suffix the upload is stored under.
+# Uploaded videos (the web server's) are read only in these containers, known by their first
+# bytes, and only by FFmpeg's demuxers for them: FFmpeg, not the client's file name, decides
+# how a file is read, and a playlist (.m3u8) or concat script would have it read other files
+# of the server's disk; OpenCV's image-sequence reader would decode an image unmeasured.
+UPLOAD_CONTAINERS = "MP4, MOV, 3GP, AVI, MKV, WebM, MPEG-TS, M2TS, MPEG-PS, FLV, WMV, Ogg or raw H.264"
+UPLOAD_DEMUXERS = "mov,mp4,m4a,3gp,3g2,mj2,avi,matroska,webm,mpegts,mpeg,mpegvideo,flv,asf,ogg,h264"
+
+
 def video_container(head: bytes):
-    """'.mp4' (MP4, MOV, 3GP), '.avi', '.mkv' (Matroska, WebM), '.ts' (MPEG-TS), '.mpg'
-    (MPEG-PS), or None for anything else (images, playlists, scripts, text)."""
+    """The suffix an upload whose first bytes are `head` (1 KB) is stored under, or None for
+    anything but a video container above (images, playlists, scripts, text)."""
     if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"):
         return ".mp4"
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
         return ".avi"
     if head[:4] == b"\x1a\x45\xdf\xa3":
         return ".mkv"
-    if len(head) > 3 * 188 and all(head[k] == 0x47 for k in range(0, 4 * 188, 188)):
-        return ".ts"
-    if head[:4] == b"\x00\x00\x01\xba":
+    for offset, packet in ((0, 188), (4, 192)):  # MPEG-TS; M2TS (AVCHD cameras) puts 4 bytes before each packet
+        if len(head) > offset + 3 * packet and all(head[offset + k * packet] == 0x47 for k in range(4)):
+            return ".ts"
+    if head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):  # MPEG program stream, MPEG-1/2 video
         return ".mpg"
+    if head[:3] == b"FLV":
+        return ".flv"
+    if head[:16] == bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c"):  # ASF (WMV)
+        return ".wmv"
+    if head[:4] == b"OggS":
+        return ".ogv"
+    if head[:5] in (b"\x00\x00\x00\x01\x67", b"\x00\x00\x00\x01\x09"):  # H.264 Annex B: SPS or delimiter
+        return ".h264"
     return None
+
+
+def restrict_upload_demuxers():
+    """Let this process's FFmpeg open only UPLOAD_DEMUXERS (OpenCV reads the option at each
+    open, so files already open are not affected); the web server calls it once at start."""
+    options = [o for o in os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS", "").split("|")
+               if o and not o.startswith("format_whitelist;")]
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "|".join([*options, f"format_whitelist;{UPLOAD_DEMUXERS}"])
 
 
 def video_fps(cap):

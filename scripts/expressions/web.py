@@ -42,7 +42,8 @@ from . import model as nets
 from .api import EmotionRecognizer
 from .faces import ImageTooLarge, decode_image
 from .pipeline import draw_faces, timeline_csv
-from .video import FramesTooLarge, VideoFile, open_video, video_container, video_fps
+from .video import (UPLOAD_CONTAINERS, FramesTooLarge, VideoFile, open_video, restrict_upload_demuxers,
+                    video_container, video_fps)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MB = 1024 * 1024
@@ -196,8 +197,7 @@ class VideoJobs:
         suffix = video_container(upload.read(1024))
         upload.seek(0)
         if suffix is None:
-            raise NotAVideo(f"{shown_name(filename)} is not a video file the server reads (MP4, MOV, AVI, MKV, "
-                            "WebM, MPEG-TS or MPEG-PS)")
+            raise NotAVideo(f"{shown_name(filename)} is not a video file the server reads ({UPLOAD_CONTAINERS})")
         if self.root is None:
             self.root = Path(tempfile.mkdtemp(prefix="expressions-serve-"))
         job_id = uuid.uuid4().hex[:12]
@@ -231,7 +231,7 @@ class VideoJobs:
     def run(self, job, source, name):
         import cv2
         try:
-            cap = open_video(str(source), self.max_megapixels)
+            cap = open_video(str(source), self.max_megapixels, ffmpeg_only=True)
         except FramesTooLarge as err:
             job.update(state="error", error=f"{name}: {err}")
             return
@@ -253,7 +253,7 @@ class VideoJobs:
                 if job["annotated"]:
                     try:
                         video.write(draw_faces(frame, faces))
-                    except UserError:  # no codec writes frames this size (over 8,191 pixels wide): timeline only
+                    except UserError:  # mp4v writes no frame over 8,191 pixels a side: the timeline only
                         job["annotated"] = False
                     if frames % 30 == 0 and self.disk_used() > self.max_disk:  # the annotated video grows
                         job["annotated"] = False
@@ -262,15 +262,15 @@ class VideoJobs:
                 frames += 1
                 job.update(frames=frames, progress=min(1.0, frames / max(job["total_frames"], frames + 1)))
             if self.stopping.is_set():
-                raise RuntimeError("the server is stopping")
+                raise RuntimeError("the server stopped before the video was read to the end")
             ended = stream.finish()
             seconds += ended
             job["seconds"] += [s.to_dict() for s in ended]
             video.close()
         except Exception as err:  # a broken file mid-way: the job says so (no server path), the server goes on
             video.close(keep=False)
-            job.update(state="error", error=f"{name} could not be read to the end: {err.__class__.__name__} after "
-                                           f"{frames} frames")
+            why = str(err) if self.stopping.is_set() else f"{err.__class__.__name__} after {frames} frames"
+            job.update(state="error", error=f"{name} could not be read to the end: {why}")
             return
         finally:
             cap.release()
@@ -304,6 +304,7 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
     `max_streams` WebSockets are open at once, each closed after `stream_idle_seconds`
     without a frame: idle sockets cannot take the connections HTTP requests need."""
     origins = [allowed_origin(o) for o in allow_origins]
+    restrict_upload_demuxers()  # this process's FFmpeg reads uploaded containers only
     readers = Recognizers(pipelines, model, detector, tta, crop, runtime, stream_model, stream_tta)
     jobs = VideoJobs(readers, max_megapixels, max_video_jobs, max_video_disk_mb)
     info = {"status": "ok", "model": nets.model_path(model).name, "detector": detector, "tta": tta,
@@ -361,7 +362,8 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
         every 2nd frame and followed in between). A frame that cannot be read gets
         {"error": ...} and the stream goes on. Past the server's limit of streams the socket
         is refused (1013, try again later); a stream silent for the idle limit is closed (1001)."""
-        if streams["open"] >= max_streams:
+        if streams["open"] >= max_streams:  # accepted, then closed: a close before accept is a bare 403
+            await socket.accept()
             await socket.close(code=1013, reason=f"the server's {max_streams} streams are in use: try again later")
             return
         streams["open"] += 1
@@ -410,7 +412,7 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
 
     @app.post("/api/video", summary="Upload a video to read; returns a job id")
     def video_upload(request: Request,
-                     video: UploadFile = File(..., description="a video file OpenCV can decode (.mp4, .avi, ...)")):
+                     video: UploadFile = File(..., description=f"a video file: {UPLOAD_CONTAINERS}")):
         """Videos are read one at a time. When the server already holds its limit of videos
         waiting or being read, or of disk space for them, the upload gets 429 before it is
         read; an upload without a Content-Length gets 411."""
@@ -444,7 +446,7 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
             raise HTTPException(409, f"the video is still being read ({job['progress']:.0%})")
         if name == "annotated.mp4" and not job["annotated"]:
             raise HTTPException(404, "the annotated video was not kept: it outgrew the server's space for videos, "
-                                     "or its frames are too wide for the video codec")
+                                     "or its frames are over 8,191 pixels a side, more than the video codec writes")
         return FileResponse(job["folder"] / name, filename=name)
 
     @app.exception_handler(RequestValidationError)

@@ -128,7 +128,11 @@ async function startCamera() {
   live.socket = new WebSocket(`${scheme}://${location.host}/api/stream`);
   live.socket.binaryType = "arraybuffer";
   live.socket.onmessage = (event) => onResult(JSON.parse(event.data));
-  live.socket.onclose = () => { if (live.stream) cameraMessage("The connection to the server closed: press Start again."); stopCamera(); };
+  live.socket.onclose = (event) => {
+    if (live.stream) cameraMessage(event.code === 1013 ? "The server is reading as many webcams as it allows: try again in a moment."
+                                                      : "The connection to the server closed: press Start again.");
+    stopCamera();
+  };
   live.socket.onopen = () => { live.started = performance.now(); live.timer = setInterval(sendFrame, FRAME_INTERVAL_MS); };
   $("start-camera").disabled = true;
   $("stop-camera").disabled = false;
