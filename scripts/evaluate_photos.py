@@ -72,7 +72,7 @@ def main(argv=None):
     if args.json:
         print(f"wrote {write_json(args.json, report, mark=True)}")
     if args.out:
-        title = f"{report['model']} on {args.labels}: {found} faces"
+        title = f"{report['model']} on {args.labels}: {found} faces".replace("$", r"\$")  # not matplotlib's maths
         plots.confusion_matrix(report["confusion_matrix"], args.out / "confusion.png", title)
         plots.reliability_diagram({args.tta: {"before": report["reliability"], "ece_before": report["ece"],
                                               "label_before": "these photos"}}, args.out / "reliability.png", title)

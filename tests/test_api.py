@@ -3,6 +3,7 @@ scripts do, shares one instance between threads, and raises UserError with the s
 one-line messages for every hostile input."""
 import csv
 import io
+import os
 import pickle
 import re
 import subprocess
@@ -136,6 +137,10 @@ def test_every_hostile_input_is_a_user_error_with_one_line(recognizer, tmp_path)
     text.write_text("not an image")
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps(print))  # refers to a global a model file may not name
+    video_bomb = tmp_path / "photo.mp4"  # FFmpeg reads an image named .mp4 as a one-frame video
+    video_bomb.write_bytes(png_bomb(12000, 12000))
+    not_utf8 = os.fsdecode(os.fsencode(tmp_path) + b"/clip\xff.mp4")  # OpenCV itself crashes on such a name
+    os.rename(write_video(tmp_path / "clip.mp4", [astronaut_bgr()] * 5), not_utf8)
     cases = [
         (lambda: recognizer.analyze(bomb), ImageTooLarge, "60000x60000"),
         (lambda: recognizer.analyze(bomb.read_bytes()), ImageTooLarge, "60000x60000"),
@@ -152,6 +157,13 @@ def test_every_hostile_input_is_a_user_error_with_one_line(recognizer, tmp_path)
         (lambda: recognizer.stream(str(tmp_path / "missing.mp4")), UserError, "video not found"),
         (lambda: recognizer.stream(str(text)), UserError, "not a video"),
         (lambda: recognizer.stream(str(VIDEO), detect_every=0), UserError, "detect_every"),
+        (lambda: recognizer.stream(str(VIDEO), max_seconds=float("nan")), UserError, "max_seconds nan"),
+        (lambda: recognizer.stream(str(VIDEO), max_seconds=-1), UserError, "max_seconds -1"),
+        (lambda: recognizer.stream(None), UserError, "webcam index"),
+        (lambda: recognizer.stream(True), UserError, "webcam index"),
+        (lambda: recognizer.stream(2 ** 40), UserError, "webcam index"),
+        (lambda: EmotionRecognizer(max_megapixels=50).stream(str(video_bomb)), UserError, "12000x12000"),
+        (lambda: recognizer.stream(not_utf8), UserError, "not UTF-8"),
         (lambda: EmotionRecognizer(detector="mtcnn"), UserError, "detector 'mtcnn'"),
         (lambda: EmotionRecognizer(tta="x"), UserError, "tta 'x'"),
         (lambda: EmotionRecognizer(model=tmp_path / "none.pkl"), UserError, "model not found"),

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import SCRIPTS, SHARED, assert_clean_error, full, run_script
 from expressions import EMOTIONS
+from expressions.collection import Settings, find_inputs
 
 MEDIA = SHARED / "media"
 VIDEOS = [MEDIA / "fer_woman2.mp4", MEDIA / "liveportrait_d10.mp4"]
@@ -259,6 +260,12 @@ def test_links_pipes_and_names_that_cannot_be_read_are_error_rows_not_tracebacks
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "parts").write_text("a file")
     assert_clean_error(run_script("analyze.py", folder, "--out", tmp_path / "other"), "cannot use")
+    # A list's line with a NUL byte is an error row; an --out the tables' writer cannot name, one line.
+    listed = tmp_path / "list.txt"
+    listed.write_bytes(b"nul\x00here.jpg\n")
+    assert "not a file name" in str(find_inputs([listed], Settings())[1])
+    assert_clean_error(run_script("analyze.py", folder, "--out", os.fsdecode(os.fsencode(tmp_path) + b"/out\xff")),
+                       "not UTF-8")
 
 
 def test_a_ray_address_that_does_not_answer_is_one_line_at_once(tmp_path):

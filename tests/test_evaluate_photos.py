@@ -67,3 +67,5 @@ def test_a_messy_labels_file_is_counted_and_an_empty_or_faceless_one_refused(tmp
     (tmp_path / "faceless.csv").write_text("file,emotion\ngrey.png,happy\n")
     assert_clean_error(run_script("evaluate_photos.py", tmp_path / "faceless.csv"), "no face was found")
     assert_clean_error(run_script("evaluate_photos.py", tmp_path / "nothere.csv"), "cannot read")
+    (tmp_path / "quote.csv").write_text('file,emotion\n"' + "x" * 200_000 + ',happy\n')  # a stray quote runs on
+    assert_clean_error(run_script("evaluate_photos.py", tmp_path / "quote.csv"), "line 2", "field larger")

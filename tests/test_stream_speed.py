@@ -37,7 +37,7 @@ class FastWebcam:
 def test_a_webcam_faster_than_the_pipeline_is_read_at_its_newest_frame(monkeypatch, capsys):
     recognizer = EmotionRecognizer(tta="none")
     camera = FastWebcam(seconds=2.5)
-    monkeypatch.setattr(api, "open_video", lambda source: camera)
+    monkeypatch.setattr(api, "open_video", lambda source, *limits: camera)
     classify = recognizer.classify
 
     def slow(crops):  # a CPU much slower than this one: 50 ms per frame

@@ -37,6 +37,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # OpenCV's own warnings (a missing camera, say) would duplicate our one-line messages.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # and FFmpeg's, which OpenCV's level does not cover
 
 VERSION = "0.5.0"  # the toolkit's version, as GET /api/health reports it
 

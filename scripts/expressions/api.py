@@ -11,6 +11,7 @@ videos and webcams, the path predict.py, predict_live_stream.py and the web app 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import queue
 import sys
@@ -146,8 +147,14 @@ class VideoStream:
     runs both stages in the iterating thread."""
 
     def __init__(self, recognizer, source, realtime, max_seconds, detect_every, detect_width, overlap=True):
-        if detect_every < 1 or detect_width < 16:
-            raise UserError(f"detect_every {detect_every}, detect_width {detect_width}: give at least 1 and 16")
+        if not (isinstance(detect_every, int) and isinstance(detect_width, int)) or detect_every < 1 or detect_width < 16:
+            raise UserError(f"detect_every {detect_every}, detect_width {detect_width}: give whole numbers, at least "
+                            "1 and 16")
+        if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and 0 <= max_seconds < math.inf):
+            raise UserError(f"max_seconds {max_seconds}: give a number of seconds, 0 or more, or None for no limit")
+        if isinstance(source, bool) or not isinstance(source, (int, str, os.PathLike)) or (
+                isinstance(source, int) and not 0 <= source < 1024):
+            raise UserError(f"cannot read {source!r}: give a webcam index (0, 1, ...), a video file or a stream URL")
         self.recognizer, self.realtime, self.max_seconds = recognizer, realtime, max_seconds
         self.detect_every, self.detect_width, self.overlap = detect_every, detect_width, overlap
         self.live = isinstance(source, int)
@@ -157,7 +164,9 @@ class VideoStream:
             self.name = str(source)
             if "://" not in self.name and not Path(source).is_file():
                 raise UserError(f"video not found: {source}")
-        self.capture = open_video(source if self.live else self.name)
+        # A file's frames are measured before one is read, as photos are (a PNG named .mp4 is a one-frame video).
+        self.capture = open_video(source if self.live else self.name,
+                                  None if self.live else self.recognizer.max_megapixels)
         if self.capture is None:
             raise UserError(f"no webcam at index {source}" if self.live else
                             f"cannot read video {source}: not a video OpenCV can decode")

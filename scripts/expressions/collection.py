@@ -29,6 +29,7 @@ from . import EMOTIONS, UserError
 from .faces import DETECT_EVERY, DETECT_WIDTH, IMAGE_SUFFIXES, MAX_MEGAPIXELS
 from .model import ALTERNATE, DEFAULT_TTA, file_sha256, load_model, model_path
 from .outputs import atomic_path, check_folder, own_image, written_here
+from .video import is_utf8, restrict_upload_demuxers
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".3gp"}
 LIST_SUFFIXES = {".txt", ".lst"}  # a text file named as an input lists inputs, one per line
@@ -106,6 +107,9 @@ def find_inputs(paths, settings: Settings, skip=()):
             str(path).encode("utf-8")
         except UnicodeEncodeError:
             problems.append(error_row(shown, kind, "its name is not UTF-8 text: rename the file"))
+            return
+        except ValueError:  # a list's line with a NUL byte
+            problems.append(error_row(shown, kind, "not a file name (it holds a NUL byte)"))
             return
         except (OSError, RuntimeError) as err:  # missing, no permission, a link loop
             problems.append(error_row(shown, kind, f"cannot read: {getattr(err, 'strerror', None) or err}"))
@@ -289,11 +293,14 @@ def worker_start(settings, kinds, parent=None):
     models of the `kinds` of input it will read, loaded now (so that an input's `elapsed`
     is its reading alone). Given its parent's PID (Linux), it ends with the parent, even
     one killed by SIGKILL: an idle worker would otherwise wait forever, holding its models."""
+    import signal
     import cv2
     cv2.setNumThreads(1)
+    if parent is not None:  # a process of the pool, not the caller's own (workers=1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: no worker tracebacks
+        restrict_upload_demuxers()  # its files are read as videos only, not as playlists or concat scripts
     if parent is not None and sys.platform.startswith("linux"):
         import ctypes
-        import signal
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before that
             os._exit(1)
@@ -518,6 +525,9 @@ def analyze_collection(inputs, out, workers=None, address=None, csv=False, setti
     Inputs done by an earlier run into the same folder are skipped. Returns the two tables
     (pandas DataFrames: faces, inputs)."""
     settings = settings or Settings()
+    if not is_utf8(str(out)):  # the tables' writer (Parquet) cannot name it
+        raise UserError(f"--out {os.fsencode(out).decode('utf-8', 'backslashreplace')}: its name is not UTF-8 text: "
+                        "choose another")
     out = check_folder(out)
     outputs = [out / "faces.parquet", out / "inputs.parquet"] + (
         [out / "faces.csv", out / "inputs.csv"] if csv else [])

@@ -28,6 +28,13 @@ def read_labels(labels_csv):
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read {labels_csv}: {getattr(err, 'strerror', None) or err}") from None
     reader = csv.reader(io.StringIO(text))
+    try:
+        return _labelled_rows(labels_csv, reader)
+    except csv.Error as err:  # a field over the csv module's limit (a stray quote runs on for lines), a NUL
+        raise UserError(f"cannot read {labels_csv}: line {reader.line_num}: {err}") from None
+
+
+def _labelled_rows(labels_csv, reader):
     header = [h.strip().lower() for h in next(reader, [])]
     if "file" not in header or "emotion" not in header:
         raise UserError(f"{labels_csv} needs the columns file and emotion (found: {', '.join(header) or 'none'})")

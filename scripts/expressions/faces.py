@@ -84,15 +84,17 @@ def read_image(path, max_megapixels=MAX_MEGAPIXELS):
     """A photo as an 8-bit BGR array, whatever its form (grey, 16-bit, with alpha, palette,
     EXIF-rotated), or a clear error; its size is checked from its header first."""
     import cv2
+    import numpy as np
     path = Path(path)
     try:
         if not path.is_file():
             raise UserError(f"image not found: {path}")
         check_size(path, f"image {path}", max_megapixels)
+        data = np.fromfile(path, np.uint8)  # read here, not by OpenCV: its imread crashes on a name that is not UTF-8
     except OSError as err:  # permission denied (the file or a folder above it), a read error: said as such
         raise UserError(f"cannot read image {path}: {err.strerror or err}") from None
     try:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # converts grey, 16-bit, alpha and palette images
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # converts grey, 16-bit, alpha and palette images
     except cv2.error:  # OpenCV's own checks of what its decoder met
         image = None
     if image is None:

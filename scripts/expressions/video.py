@@ -60,6 +60,15 @@ class Capture:
         return getattr(self.cap, name)
 
 
+def is_utf8(name: str) -> bool:
+    """Whether a name is UTF-8 text (a file name of other bytes reaches Python as surrogates)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 class FramesTooLarge(UserError):
     """A video whose frames are over the caller's megapixel limit: refused before the first is read."""
 
@@ -72,6 +81,9 @@ def open_video(source, max_megapixels=None, ffmpeg_only=False):
     them, and OpenCV scales them to the first size). ffmpeg_only: not OpenCV's other
     readers (its image-sequence reader would read an image file as a one-frame video)."""
     import cv2
+    if isinstance(source, str) and not is_utf8(source):
+        raise UserError(f"cannot read video {source.encode('utf-8', 'backslashreplace').decode()}: its name is not "
+                        "UTF-8 text, which OpenCV cannot open: rename it")
     cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG) if ffmpeg_only else cv2.VideoCapture(source)
     if not cap.isOpened():
         return None
@@ -140,6 +152,9 @@ def check_video_path(path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise UserError(f"cannot write video {path}: use a .mp4 or .avi name")
+    if not is_utf8(str(path)):  # OpenCV's writer cannot take it
+        raise UserError(f"cannot write video {str(path).encode('utf-8', 'backslashreplace').decode()}: its name is "
+                        "not UTF-8 text: choose another")
     return check_file(path, "video")
 
 
