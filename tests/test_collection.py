@@ -15,7 +15,7 @@ import pytest
 
 from conftest import SCRIPTS, SHARED, assert_clean_error, full, run_script
 from expressions import EMOTIONS
-from expressions.collection import Settings, find_inputs
+from expressions.collection import Parts, Settings, error_row, find_inputs
 
 MEDIA = SHARED / "media"
 VIDEOS = [MEDIA / "fer_woman2.mp4", MEDIA / "liveportrait_d10.mp4"]
@@ -266,6 +266,14 @@ def test_links_pipes_and_names_that_cannot_be_read_are_error_rows_not_tracebacks
     assert "not a file name" in str(find_inputs([listed], Settings())[1])
     assert_clean_error(run_script("analyze.py", folder, "--out", os.fsdecode(os.fsencode(tmp_path) + b"/out\xff")),
                        "not UTF-8")
+
+
+def test_a_unit_whose_faces_part_was_lost_is_read_again(tmp_path):
+    parts = Parts(tmp_path)
+    parts.commit("u1", [], [{**error_row("/x/a.jpg", "photo", ""), "status": "no face", "key": "k1"}])
+    assert parts.done_keys() == {"k1"}
+    (tmp_path / "parts" / "u1.faces.parquet").write_bytes(b"")  # a power cut before its bytes reached the disk
+    assert parts.done_keys() == set()
 
 
 def test_a_ray_address_that_does_not_answer_is_one_line_at_once(tmp_path):

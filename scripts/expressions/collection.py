@@ -17,6 +17,7 @@ cluster (address=...), each task retried once if its worker dies.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -326,13 +327,23 @@ class Parts:
             raise UserError(f"cannot use {self.folder} for the finished inputs: {err.strerror or err}") from None
 
     def done_keys(self):
-        """Keys of the inputs already read (done or no face; errors are tried again)."""
+        """Keys of the inputs already read (done or no face; errors are tried again), of
+        units whose faces part is whole too: a unit whose faces were lost is read again."""
+        import pyarrow.parquet as pq
         table = self.read("inputs")
-        return set() if table is None else set(table.loc[table.status != "error", "key"])
+        if table is None:
+            return set()
+        whole = set()
+        for unit in set(table.unit):
+            with contextlib.suppress(Exception):  # missing, empty, truncated: anything pyarrow raises
+                pq.read_schema(self.folder / f"{unit}.faces.parquet")
+                whole.add(unit)
+        return set(table.loc[(table.status != "error") & table.unit.isin(whole), "key"])
 
     def commit(self, unit_name, faces, inputs):
-        write_table(self.folder / f"{unit_name}.faces.parquet", faces, FACE_COLUMNS + ["key"])
-        write_table(self.folder / f"{unit_name}.inputs.parquet", inputs, INPUT_COLUMNS + ["key"])
+        """The unit's faces, then its inputs (the inputs part says the unit is done), each on disk before the next."""
+        write_table(self.folder / f"{unit_name}.faces.parquet", faces, FACE_COLUMNS + ["key"], durable=True)
+        write_table(self.folder / f"{unit_name}.inputs.parquet", inputs, INPUT_COLUMNS + ["key"], durable=True)
 
     def read(self, which, units=None):
         import pandas as pd
@@ -356,8 +367,9 @@ class Parts:
         return pd.concat(tables, ignore_index=True) if tables else None
 
 
-def write_table(path, rows, columns, marked=False):
-    """rows (dicts or a DataFrame) as a parquet file, atomically, with the columns in order."""
+def write_table(path, rows, columns, marked=False, durable=False):
+    """rows (dicts or a DataFrame) as a parquet file, atomically (durable: see atomic_path),
+    with the columns in order."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -366,7 +378,7 @@ def write_table(path, rows, columns, marked=False):
     if marked:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"written_by": WRITTEN_BY})
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, durable) as tmp:
             pq.write_table(table, tmp)
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None

@@ -199,18 +199,32 @@ def new_file_beside(path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, durable=False):
     """Yields a temporary path beside `path` (same suffix, so writers that look at it
-    choose the right format); renamed onto `path` if the block succeeds, removed if not."""
+    choose the right format); renamed onto `path` if the block succeeds, removed if not.
+    durable: the file's bytes reach the disk before the rename, and the rename after it
+    (so a power cut leaves the old file or the whole new one, never an empty one)."""
     path = Path(path)
     tmp = new_file_beside(path)
     try:
         yield tmp
+        if durable:
+            fsync(tmp)
         os.replace(tmp, path)
+        if durable:
+            fsync(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path, data: bytes) -> Path:
