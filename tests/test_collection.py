@@ -274,6 +274,10 @@ def test_a_unit_whose_faces_part_was_lost_is_read_again(tmp_path):
     assert parts.done_keys() == {"k1"}
     (tmp_path / "parts" / "u1.faces.parquet").write_bytes(b"")  # a power cut before its bytes reached the disk
     assert parts.done_keys() == set()
+    # A part of another version (its input a number) and a broken link are left aside, not a traceback.
+    parts.commit("u2", [], [{**error_row(12345, "photo", ""), "status": "no face", "key": "k2"}])
+    (tmp_path / "parts" / "u3.inputs.parquet").symlink_to(tmp_path / "nowhere")
+    assert set(parts.read("inputs").key) == {"k1"}
 
 
 def test_a_ray_address_that_does_not_answer_is_one_line_at_once(tmp_path):

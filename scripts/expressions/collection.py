@@ -347,7 +347,7 @@ class Parts:
 
     def read(self, which, units=None):
         import pandas as pd
-        files = sorted(self.folder.glob(f"*.{which}.parquet"), key=lambda p: p.stat().st_mtime_ns)
+        files = sorted(self.folder.glob(f"*.{which}.parquet"), key=lambda p: p.lstat().st_mtime_ns)  # a broken link too
         if units is not None:
             files = [f for f in files if f.name.split(".")[0] in units]
         needed, tables, foreign = (INPUT_COLUMNS if which == "inputs" else FACE_COLUMNS) + ["key"], [], []
@@ -357,8 +357,10 @@ class Parts:
             except Exception:  # noqa: BLE001 (not parquet at all, truncated: anything pyarrow raises)
                 foreign.append(f)
                 continue
-            if not set(needed) <= set(table.columns):
-                foreign.append(f)
+            if not set(needed) <= set(table.columns) or not all(
+                    pd.api.types.infer_dtype(table[column], skipna=False) in ("string", "empty")
+                    for column in ("input", "key")):
+                foreign.append(f)  # another kind of table, or another version's types: the merge could not sort it
             elif len(table):
                 tables.append(table[needed].assign(unit=f.name.split(".")[0]))
         if foreign:
