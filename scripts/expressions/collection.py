@@ -540,8 +540,7 @@ def analyze_collection(inputs, out, workers=None, address=None, csv=False, setti
     (pandas DataFrames: faces, inputs)."""
     settings = settings or Settings()
     if not is_utf8(str(out)):  # the tables' writer (Parquet) cannot name it
-        raise UserError(f"--out {os.fsencode(out).decode('utf-8', 'backslashreplace')}: its name is not UTF-8 text: "
-                        "choose another")
+        raise UserError(f"--out {out}: its name is not UTF-8 text: choose another")
     out = check_folder(out)
     outputs = [out / "faces.parquet", out / "inputs.parquet"] + (
         [out / "faces.csv", out / "inputs.csv"] if csv else [])

@@ -19,6 +19,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".j
 DETECT_WIDTH = 320  # video frames are searched at this width: YuNet finds faces of 10-300 px
 DETECT_EVERY = 2  # frames of a stream: search every Nth one, reuse its faces in between (measured: docs/live.md)
 PHOTO_SIDES = (640, 320, 160)  # a photo's longer side for the search; the smaller ones find huge faces
+MIN_SEARCH_SIDE = 10  # pixels: YuNet finds no face in a strip narrower than this
 
 
 @dataclass
@@ -31,9 +32,6 @@ class Face:
 # Images are measured from their header before their pixels are decoded: a 2 MB PNG can
 # claim 30000x30000 pixels (2.7 GB decoded). The scripts' limit; the web server's is lower.
 MAX_MEGAPIXELS = 200.0
-
-
-MIN_SEARCH_SIDE = 10  # pixels: YuNet finds no face in a strip narrower than this
 
 
 class ImageTooLarge(UserError):

@@ -15,8 +15,8 @@ and --json) follow two more rules, checked before the work (check_user_outputs):
 A file this toolkit wrote is recognised by its content, not its name: every PNG written
 here ends with a tEXt chunk "Software: expressions" (just before IEND); a JSON file
 written with mark=True begins with the key "written_by": "expressions ..."; a CSV by its
-writer's exact header line; an MP4 or AVI video by a last box holding the marker. Anything else, or a file edited and re-saved by another
-program, is someone else's.
+writer's exact header line; an MP4 or AVI video by a last box holding the marker.
+Anything else, or a file edited and re-saved by another program, is someone else's.
 Other outputs, files of fixed names in an output folder (results/ by default: reports,
 figures, models, videos, hack_the_cnn.py's four files), are replaced atomically, marked
 or not: the committed files there were written before the marker existed. Only the input

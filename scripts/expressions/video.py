@@ -82,8 +82,7 @@ def open_video(source, max_megapixels=None, ffmpeg_only=False):
     readers (its image-sequence reader would read an image file as a one-frame video)."""
     import cv2
     if isinstance(source, str) and not is_utf8(source):
-        raise UserError(f"cannot read video {source.encode('utf-8', 'backslashreplace').decode()}: its name is not "
-                        "UTF-8 text, which OpenCV cannot open: rename it")
+        raise UserError(f"cannot read video {source}: its name is not UTF-8 text, which OpenCV cannot open: rename it")
     cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG) if ffmpeg_only else cv2.VideoCapture(source)
     if not cap.isOpened():
         return None
@@ -153,8 +152,7 @@ def check_video_path(path) -> Path:
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise UserError(f"cannot write video {path}: use a .mp4 or .avi name")
     if not is_utf8(str(path)):  # OpenCV's writer cannot take it
-        raise UserError(f"cannot write video {str(path).encode('utf-8', 'backslashreplace').decode()}: its name is "
-                        "not UTF-8 text: choose another")
+        raise UserError(f"cannot write video {path}: its name is not UTF-8 text: choose another")
     return check_file(path, "video")
 
 
