@@ -9,8 +9,9 @@ Angry, Disgust, Fear, Happy, Sad, Surprise, Neutral in any case. Each photo is r
 accuracy on found faces and on every photo (a photo without a face counts as wrong),
 macro recall and F1, per-class recall and precision, the expected calibration error of
 the top probability, and the majority-class baseline. Rows with other labels, missing
-files and files that are not images are counted and said, never fatal; a set with no face
-at all exits non-zero. --out writes confusion.png, reliability.png and photos.csv.
+files and files that are not images are counted and said, never fatal; a photo listed
+twice counts once, one listed with two different emotions is left out; a stray quote (a
+field running over lines) and a set with no face at all exit non-zero. --out writes confusion.png, reliability.png and photos.csv.
 """
 import argparse
 import sys

@@ -59,6 +59,10 @@ def parse_args(argv=None):
     p.add_argument("--pipelines", type=int, default=2,
                    help="face pipelines (detector + classifier) serving requests side by side; more requests "
                         "wait their turn (default: %(default)s, one per core of a laptop)")
+    p.add_argument("--max-video-frames", type=int, default=18_000,
+                   help="frames read of one uploaded video; a longer video's job ends with an error, so that one "
+                        "upload cannot hold the video reader for hours (default: %(default)s, 10 minutes at 30 "
+                        "frames a second)")
     p.add_argument("--max-video-jobs", type=int, default=3,
                    help="videos waiting or being read at once (they are read one at a time); past it an upload "
                         "gets 429 and is not stored (default: %(default)s)")
@@ -80,7 +84,7 @@ def parse_args(argv=None):
                         "its next frame; slower connections are closed, so slow or idle clients cannot hold the "
                         "server's connections (default: %(default)s)")
     args = p.parse_args(argv)
-    for name in ("pipelines", "max_video_jobs", "max_connections", "max_streams"):
+    for name in ("pipelines", "max_video_jobs", "max_video_frames", "max_connections", "max_streams"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give 1 or more")
     for name in ("max_megapixels", "video_disk_mb", "request_timeout", "max_upload_mb", "max_video_mb"):
@@ -131,7 +135,8 @@ def main(argv=None):
     app = create_app(args.model, args.detector, args.tta, args.crop, args.runtime, args.max_upload_mb,
                      args.max_video_mb, args.pipelines, args.max_megapixels, args.max_video_jobs,
                      args.video_disk_mb, args.host, args.allow_origin, args.stream_model,
-                     args.stream_tta, args.max_streams, args.request_timeout)
+                     args.stream_tta, args.max_streams, args.request_timeout,
+                     max_video_frames=args.max_video_frames)
     if args.host not in LOCAL_HOSTS:
         print(f"warning: listening on {args.host}: anyone who can reach this machine on port {args.port} can "
               "use the server and send it images", file=sys.stderr)

@@ -54,10 +54,17 @@ def test_a_messy_labels_file_is_counted_and_an_empty_or_faceless_one_refused(tmp
         "missing.jpg,angry\n"
         "notes.jpg,fear\n"
         f"{photos[0].name},contempt\n"
+        f"./{photos[1].name},sad\n"  # the same photo again: counted once
+        "notes.jpg,fear\n"
+        "missing.jpg,happy\n"  # two labels for one file: left out, both rows
+        "gone.jpg,angry\n"
         "\n")
-    result = run_script("evaluate_photos.py", tmp_path / "labels.csv")
+    result = run_script("evaluate_photos.py", tmp_path / "labels.csv", "--json", tmp_path / "r.json")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    assert ("photos: 4 labelled, 2 read (1 with other labels, 1 missing, 1 not images)" in result.stdout), result.stdout
+    assert ("photos: 4 labelled, 2 read (1 with other labels, 2 listed again, 2 rows of photos with two labels, "
+            "left out, 1 missing, 1 not images)" in result.stdout), result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n"] == 2 and (report["repeated"], report["conflicting"]) == (2, 2)
     (tmp_path / "empty.csv").write_text("")
     assert_clean_error(run_script("evaluate_photos.py", tmp_path / "empty.csv"), "needs the columns file and emotion")
     (tmp_path / "other.csv").write_text("file,emotion\na.jpg,contempt\n")
@@ -69,3 +76,6 @@ def test_a_messy_labels_file_is_counted_and_an_empty_or_faceless_one_refused(tmp
     assert_clean_error(run_script("evaluate_photos.py", tmp_path / "nothere.csv"), "cannot read")
     (tmp_path / "quote.csv").write_text('file,emotion\n"' + "x" * 200_000 + ',happy\n')  # a stray quote runs on
     assert_clean_error(run_script("evaluate_photos.py", tmp_path / "quote.csv"), "line 2", "field larger")
+    # A stray quote that closes a few lines on would swallow those rows as one odd label.
+    (tmp_path / "quote2.csv").write_text(f'file,emotion\n{photos[0].name},happy\n"{photos[1].name},sad\nb.jpg",fear\n')
+    assert_clean_error(run_script("evaluate_photos.py", tmp_path / "quote2.csv"), "line 3", "stray quote")

@@ -5,11 +5,13 @@ largest face's answer against the label.
 LABELS.csv has the columns file and emotion (names in any case, spaces around them
 ignored); files are relative to the CSV; an emotion is one of the seven in any case. Rows
 with another label, missing files and files that are not images are counted and reported,
-never fatal; a set with no face at all is."""
+never fatal; a set with no face at all is. A photo listed twice counts once; one listed
+with two of the seven labels counts under neither (its label is unknown)."""
 from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,8 @@ PHOTO_COLUMNS = ["file", "label", "face_found", "predicted", "probability", *[e.
 
 
 def read_labels(labels_csv):
-    """[(path, file as written, label index)] and {"other_labels": n} from LABELS.csv."""
+    """[(path, file as written, label index)] and the counts of rows set aside
+    ({"other_labels", "repeated", "conflicting"}) from LABELS.csv."""
     labels_csv = Path(labels_csv)
     try:
         text = labels_csv.read_text(encoding="utf-8-sig")
@@ -40,8 +43,14 @@ def _labelled_rows(labels_csv, reader):
         raise UserError(f"{labels_csv} needs the columns file and emotion (found: {', '.join(header) or 'none'})")
     file_at, emotion_at = header.index("file"), header.index("emotion")
     names = {e.lower(): k for k, e in enumerate(EMOTIONS)}
-    rows, other = [], 0
+    first, labels_of, other = {}, {}, 0
+    line = reader.line_num + 1
     for row in reader:
+        # A quoted field over several lines is a stray quote: it would swallow the rows after it.
+        if any("\n" in cell or "\r" in cell for cell in row):
+            raise UserError(f"cannot read {labels_csv}: line {line}: a quoted field runs on to line "
+                            f"{reader.line_num} (a stray quote?)")
+        line = reader.line_num + 1
         if len(row) <= max(file_at, emotion_at) or not row[file_at].strip():
             other += bool(any(cell.strip() for cell in row))
             continue
@@ -49,8 +58,15 @@ def _labelled_rows(labels_csv, reader):
         if label is None:
             other += 1
             continue
-        rows.append((labels_csv.parent / row[file_at].strip(), row[file_at].strip(), label))
-    return rows, {"other_labels": other}
+        file = row[file_at].strip()
+        key = os.path.normpath(labels_csv.parent / file)  # a.jpg and ./a.jpg are one photo
+        first.setdefault(key, (labels_csv.parent / file, file, label))
+        labels_of.setdefault(key, []).append(label)
+    conflicting = {key for key, labels in labels_of.items() if len(set(labels)) > 1}
+    counts = {"other_labels": other,
+              "repeated": sum(len(labels) - 1 for key, labels in labels_of.items() if key not in conflicting),
+              "conflicting": sum(len(labels_of[key]) for key in conflicting)}
+    return [row for key, row in first.items() if key not in conflicting], counts
 
 
 def evaluate_photos(labels_csv, recognizer=None, progress=None):
@@ -65,7 +81,7 @@ def evaluate_photos(labels_csv, recognizer=None, progress=None):
     labelled, counts = read_labels(labels_csv)
     if not labelled:
         raise UserError(f"no photo of {labels_csv} has one of the seven labels ({', '.join(EMOTIONS)})"
-                         + (f"; {counts['other_labels']} rows had other labels" if counts["other_labels"] else ""))
+                        + describe(counts))
     recognizer = recognizer or EmotionRecognizer()
     counts.update(missing=0, unreadable=0, without_face=0)
     rows, found_y, found_p = [], [], []
@@ -108,8 +124,11 @@ def evaluate_photos(labels_csv, recognizer=None, progress=None):
 
 
 def describe(counts):
-    said = [f"{counts[k]} {what}" for k, what in (("other_labels", "with other labels"), ("missing", "missing"),
-                                                   ("unreadable", "not images"), ("without_face", "without a face"))
+    said = [f"{counts[k]} {what}" for k, what in (("other_labels", "with other labels"),
+                                                   ("repeated", "listed again"),
+                                                   ("conflicting", "rows of photos with two labels, left out"),
+                                                   ("missing", "missing"), ("unreadable", "not images"),
+                                                   ("without_face", "without a face"))
             if counts.get(k)]
     return f" ({', '.join(said)})" if said else ""
 

@@ -137,16 +137,23 @@ class NotAVideo(Exception):
     """An upload in no video container the server reads: 415."""
 
 
-class VideoJobs:
-    """Uploaded videos, read one at a time by one background thread. Everything a job has
-    (the upload, its annotated video, its CSV) lives in one folder of a temporary folder,
-    removed when newer jobs push it out (the last `keep` finished jobs stay, fewer if the
-    disk space needs it) and when the server stops. At most `max_jobs` wait or run, and all
-    jobs' files together stay under `max_disk_mb`; past either a new upload is refused
-    (429) before its body is read (reserve(), called by UploadLimit)."""
+class VideoTooLong(Exception):
+    """A video with more frames than the server reads for one job."""
 
-    def __init__(self, readers, max_megapixels=MAX_MEGAPIXELS, max_jobs=3, max_disk_mb=1000.0, keep=3):
-        self.readers, self.max_megapixels = readers, max_megapixels
+
+class VideoJobs:
+    """Uploaded videos, read one at a time by one background thread, each up to `max_frames`
+    frames: a longer one ends in error, so that one upload cannot hold the reader for hours
+    (its header's count is checked first, the frames read too, as a header can lie).
+    Everything a job has (the upload, its annotated video, its CSV) lives in one folder of
+    a temporary folder, removed when newer jobs push it out (the last `keep` finished jobs
+    stay, fewer if the disk space needs it) and when the server stops. At most `max_jobs`
+    wait or run, and all jobs' files together stay under `max_disk_mb`; past either a new
+    upload is refused (429) before its body is read (reserve(), called by UploadLimit)."""
+
+    def __init__(self, readers, max_megapixels=MAX_MEGAPIXELS, max_jobs=3, max_disk_mb=1000.0, keep=3,
+                 max_frames=18_000):
+        self.readers, self.max_megapixels, self.max_frames = readers, max_megapixels, max_frames
         self.max_jobs, self.max_disk, self.keep = max_jobs, max_disk_mb * MB, keep
         self.root = None  # made with the first upload: a server that never gets one leaves nothing behind
         self.jobs, self.reserved, self.lock = {}, {}, threading.Lock()
@@ -239,6 +246,10 @@ class VideoJobs:
             job.update(state="error", error=f"{name} is not a video the server can decode")
             return
         job.update(state="running", total_frames=max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))))
+        if job["total_frames"] > self.max_frames:
+            cap.release()
+            job.update(state="error", error=f"{name} has {job['total_frames']:,} frames: {self.too_long}")
+            return
         fps, stream, seconds = video_fps(cap), self.readers.stream_reader(), []
         video = VideoFile(job["folder"] / "annotated.mp4", fps)
         started, frames = time.perf_counter(), 0
@@ -247,6 +258,8 @@ class VideoJobs:
                 ok, frame = cap.read()
                 if not ok:
                     break
+                if frames == self.max_frames:
+                    raise VideoTooLong(f"it has more than {self.max_frames:,} frames: {self.too_long}")
                 faces, ended = stream.read(frame, frames / fps)
                 seconds += ended
                 job["seconds"] += [s.to_dict() for s in ended]
@@ -269,6 +282,9 @@ class VideoJobs:
             video.close()
         except Exception as err:  # a broken file mid-way: the job says so (no server path), the server goes on
             video.close(keep=False)
+            if isinstance(err, VideoTooLong):
+                job.update(state="error", error=f"{name}: {err}")
+                return
             why = str(err) if self.stopping.is_set() else f"{err.__class__.__name__} after {frames} frames"
             job.update(state="error", error=f"{name} could not be read to the end: {why}")
             return
@@ -279,6 +295,11 @@ class VideoJobs:
             return
         (job["folder"] / "timeline.csv").write_text(timeline_csv(seconds))
         job.update(state="done", progress=1.0, fps=frames / max(time.perf_counter() - started, 1e-9))
+
+    @property
+    def too_long(self):
+        return (f"the server reads videos of at most {self.max_frames:,} frames (--max-video-frames): "
+                "send a shorter part")
 
     def get(self, job_id):
         with self.lock:
@@ -295,7 +316,7 @@ class VideoJobs:
 def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto", runtime="auto",
                max_upload_mb=10.0, max_video_mb=200.0, pipelines=2, max_megapixels=MAX_MEGAPIXELS,
                max_video_jobs=3, max_video_disk_mb=1000.0, host="127.0.0.1", allow_origins=(), stream_model="fast",
-               stream_tta=nets.ALTERNATE, max_streams=16, stream_idle_seconds=60.0):
+               stream_tta=nets.ALTERNATE, max_streams=16, stream_idle_seconds=60.0, max_video_frames=18_000):
     """The FastAPI app; the model and the detector are loaded here, once. `host` is the
     address the server listens on (Host headers naming it are answered); `allow_origins`
     are web origins (scheme://host[:port]) of other sites whose pages may use the API.
@@ -306,7 +327,7 @@ def create_app(model="own", detector="yunet", tta=nets.DEFAULT_TTA, crop="auto",
     origins = [allowed_origin(o) for o in allow_origins]
     restrict_upload_demuxers()  # this process's FFmpeg reads uploaded containers only
     readers = Recognizers(pipelines, model, detector, tta, crop, runtime, stream_model, stream_tta)
-    jobs = VideoJobs(readers, max_megapixels, max_video_jobs, max_video_disk_mb)
+    jobs = VideoJobs(readers, max_megapixels, max_video_jobs, max_video_disk_mb, max_frames=max_video_frames)
     info = {"status": "ok", "model": nets.model_path(model).name, "detector": detector, "tta": tta,
             "runtime": readers.runtime, "stream_model": nets.model_path(stream_model).name,
             "stream_tta": stream_tta, "stream_runtime": readers.stream_runtime, "version": VERSION}
