@@ -60,8 +60,8 @@ def parse_args(argv=None):
                    help="face pipelines (detector + classifier) serving requests side by side; more requests "
                         "wait their turn (default: %(default)s, one per core of a laptop)")
     p.add_argument("--max-video-frames", type=int, default=18_000,
-                   help="frames read of one uploaded video; a longer video's job ends with an error, so that one "
-                        "upload cannot hold the video reader for hours (default: %(default)s, 10 minutes at 30 "
+                   help="frames read of one uploaded video: a longer one is read up to there and its job says "
+                        "so, which bounds the work one upload can ask for (default: %(default)s, 10 minutes at 30 "
                         "frames a second)")
     p.add_argument("--max-video-jobs", type=int, default=3,
                    help="videos waiting or being read at once (they are read one at a time); past it an upload "

@@ -61,8 +61,8 @@ def test_a_messy_labels_file_is_counted_and_an_empty_or_faceless_one_refused(tmp
         "\n")
     result = run_script("evaluate_photos.py", tmp_path / "labels.csv", "--json", tmp_path / "r.json")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    assert ("photos: 4 labelled, 2 read (1 with other labels, 2 listed again, 2 rows of photos with two labels, "
-            "left out, 1 missing, 1 not images)" in result.stdout), result.stdout
+    assert ("photos: 4 labelled, 2 read (1 with other labels, 2 listed again, 2 rows left out (photos with two "
+            "labels), 1 missing, 1 not images)" in result.stdout), result.stdout
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["n"] == 2 and (report["repeated"], report["conflicting"]) == (2, 2)
     (tmp_path / "empty.csv").write_text("")
@@ -79,3 +79,5 @@ def test_a_messy_labels_file_is_counted_and_an_empty_or_faceless_one_refused(tmp
     # A stray quote that closes a few lines on would swallow those rows as one odd label.
     (tmp_path / "quote2.csv").write_text(f'file,emotion\n{photos[0].name},happy\n"{photos[1].name},sad\nb.jpg",fear\n')
     assert_clean_error(run_script("evaluate_photos.py", tmp_path / "quote2.csv"), "line 3", "stray quote")
+    (tmp_path / "twice.csv").write_text("file,emotion\na.jpg,happy\na.jpg,sad\n")
+    assert_clean_error(run_script("evaluate_photos.py", tmp_path / "twice.csv"), "listed with two", "2 rows left out")

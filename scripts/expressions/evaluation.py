@@ -46,8 +46,8 @@ def _labelled_rows(labels_csv, reader):
     first, labels_of, other = {}, {}, 0
     line = reader.line_num + 1
     for row in reader:
-        # A quoted field over several lines is a stray quote: it would swallow the rows after it.
-        if any("\n" in cell or "\r" in cell for cell in row):
+        # A file or emotion over several lines is a stray quote: it would swallow the rows after it.
+        if any("\n" in cell or "\r" in cell for cell in row[file_at:file_at + 1] + row[emotion_at:emotion_at + 1]):
             raise UserError(f"cannot read {labels_csv}: line {line}: a quoted field runs on to line "
                             f"{reader.line_num} (a stray quote?)")
         line = reader.line_num + 1
@@ -80,8 +80,10 @@ def evaluate_photos(labels_csv, recognizer=None, progress=None):
     from .model import classification_report, model_path
     labelled, counts = read_labels(labels_csv)
     if not labelled:
-        raise UserError(f"no photo of {labels_csv} has one of the seven labels ({', '.join(EMOTIONS)})"
-                        + describe(counts))
+        why = (f"every photo of {labels_csv} with one of the seven labels is listed with two of them"
+               if counts["conflicting"] else
+               f"no photo of {labels_csv} has one of the seven labels ({', '.join(EMOTIONS)})")
+        raise UserError(why + describe(counts))
     recognizer = recognizer or EmotionRecognizer()
     counts.update(missing=0, unreadable=0, without_face=0)
     rows, found_y, found_p = [], [], []
@@ -126,7 +128,7 @@ def evaluate_photos(labels_csv, recognizer=None, progress=None):
 def describe(counts):
     said = [f"{counts[k]} {what}" for k, what in (("other_labels", "with other labels"),
                                                    ("repeated", "listed again"),
-                                                   ("conflicting", "rows of photos with two labels, left out"),
+                                                   ("conflicting", "rows left out (photos with two labels)"),
                                                    ("missing", "missing"), ("unreadable", "not images"),
                                                    ("without_face", "without a face"))
             if counts.get(k)]

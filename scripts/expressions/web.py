@@ -137,14 +137,10 @@ class NotAVideo(Exception):
     """An upload in no video container the server reads: 415."""
 
 
-class VideoTooLong(Exception):
-    """A video with more frames than the server reads for one job."""
-
-
 class VideoJobs:
-    """Uploaded videos, read one at a time by one background thread, each up to `max_frames`
-    frames: a longer one ends in error, so that one upload cannot hold the reader for hours
-    (its header's count is checked first, the frames read too, as a header can lie).
+    """Uploaded videos, read one at a time by one background thread, each up to its first
+    `max_frames` frames (the job says so when it stops there): the work one upload can ask
+    for is bounded, whatever its header claims.
     Everything a job has (the upload, its annotated video, its CSV) lives in one folder of
     a temporary folder, removed when newer jobs push it out (the last `keep` finished jobs
     stay, fewer if the disk space needs it) and when the server stops. At most `max_jobs`
@@ -214,7 +210,7 @@ class VideoJobs:
         with open(source, "wb") as out:
             shutil.copyfileobj(upload, out)
         job = {"state": "queued", "frames": 0, "total_frames": 0, "progress": 0.0, "seconds": [], "fps": 0.0,
-               "error": None, "annotated": True, "folder": folder, "created": time.time()}
+               "error": None, "note": None, "annotated": True, "folder": folder, "created": time.time()}
         with self.lock:
             self.reserved.pop(token, None)  # now a job, counted as one
             self.jobs[job_id] = job
@@ -245,11 +241,9 @@ class VideoJobs:
         if cap is None:
             job.update(state="error", error=f"{name} is not a video the server can decode")
             return
-        job.update(state="running", total_frames=max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))))
-        if job["total_frames"] > self.max_frames:
-            cap.release()
-            job.update(state="error", error=f"{name} has {job['total_frames']:,} frames: {self.too_long}")
-            return
+        # The header's count is an estimate in some containers: it sets the progress bar only.
+        header_frames = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+        job.update(state="running", total_frames=min(header_frames, self.max_frames))
         fps, stream, seconds = video_fps(cap), self.readers.stream_reader(), []
         video = VideoFile(job["folder"] / "annotated.mp4", fps)
         started, frames = time.perf_counter(), 0
@@ -259,7 +253,9 @@ class VideoJobs:
                 if not ok:
                     break
                 if frames == self.max_frames:
-                    raise VideoTooLong(f"it has more than {self.max_frames:,} frames: {self.too_long}")
+                    job["note"] = (f"Only its first {frames:,} frames were read, the server's limit "
+                                   "(--max-video-frames).")
+                    break
                 faces, ended = stream.read(frame, frames / fps)
                 seconds += ended
                 job["seconds"] += [s.to_dict() for s in ended]
@@ -282,9 +278,6 @@ class VideoJobs:
             video.close()
         except Exception as err:  # a broken file mid-way: the job says so (no server path), the server goes on
             video.close(keep=False)
-            if isinstance(err, VideoTooLong):
-                job.update(state="error", error=f"{name}: {err}")
-                return
             why = str(err) if self.stopping.is_set() else f"{err.__class__.__name__} after {frames} frames"
             job.update(state="error", error=f"{name} could not be read to the end: {why}")
             return
@@ -295,11 +288,6 @@ class VideoJobs:
             return
         (job["folder"] / "timeline.csv").write_text(timeline_csv(seconds))
         job.update(state="done", progress=1.0, fps=frames / max(time.perf_counter() - started, 1e-9))
-
-    @property
-    def too_long(self):
-        return (f"the server reads videos of at most {self.max_frames:,} frames (--max-video-frames): "
-                "send a shorter part")
 
     def get(self, job_id):
         with self.lock:

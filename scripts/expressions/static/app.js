@@ -242,7 +242,7 @@ async function pollVideo(job) {
   message.textContent = `Reading the video ... ${result.frames} of ${result.total_frames || "?"} frames`;
   if (result.state !== "done") { setTimeout(() => pollVideo(job), 300); return; }
   progress.hidden = true;
-  message.textContent = `${result.frames} frames, ${result.seconds.length} seconds, ${result.fps.toFixed(0)} frames per second on the server.`;
+  message.textContent = `${result.frames} frames, ${result.seconds.length} seconds, ${result.fps.toFixed(0)} frames per second on the server.` + (result.note ? ` ${result.note}` : "");
   $("video-csv").href = `/api/video/${job}/timeline.csv`;
   $("video-annotated").href = `/api/video/${job}/annotated.mp4`;
   $("video-links").hidden = false;
