@@ -80,6 +80,10 @@ def parse_args(argv=None):
                         "MODEL_foldN.pkl; folds already finished with the same options are kept when the "
                         "command runs again (--fresh trains them all again), and --time-budget holds for each "
                         "fold (default: off, one network)")
+    p.add_argument("--only-fold", type=int, default=0, metavar="N",
+                   help="with --folds: train fold N only, so that folds can run side by side in processes or "
+                        "on machines sharing --out; the command without it then keeps the finished folds and "
+                        "prints the summary (default: every fold)")
     p.add_argument("--include-validation", action="store_true",
                    help="also train on the validation rows (all 28,709 Training rows): the final refit of a "
                         "recipe already chosen on validation. Nothing is held out, so the last epoch is kept "
@@ -144,6 +148,8 @@ def parse_args(argv=None):
         p.error("--crop-px is an option of our own CNN (--backbone vgg)")
     if args.folds == 1 or not 0 <= args.folds <= 10:
         p.error("--folds must be 2 to 10")
+    if args.only_fold and not 1 <= args.only_fold <= args.folds:
+        p.error("--only-fold N needs --folds K, with N from 1 to K")
     if args.folds and args.benchmark:
         p.error("--benchmark times one network: leave out --folds")
     if args.folds and args.include_validation:
@@ -187,7 +193,7 @@ def main(argv=None):
     # An interrupted run with these options, or a new one (checked before TensorFlow loads).
     defaults = {"crop_px": IMAGE_SIZE, "include_validation": False, "teacher": None, "init_from": None, "folds": 0}
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-              if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass")
+              if k not in ("fresh", "no_evaluate", "time_budget", "benchmark", "no_batch_norm_pass", "only_fold")
               and not (k in defaults and v == defaults[k]) and not (k == "teacher_copies" and not args.teacher)}
     if args.backbone == "vgg":  # options of the pre-trained model only
         for k in ("backbone", "weights", "input_px", "freeze_epochs", "finetune_lr"):
@@ -206,6 +212,8 @@ def train_folds(args, data, out, config, starting, command):
     folds = fer2013.k_folds(data["y_train"], args.folds, args.seed)
     held_out, names = [], []
     for k in range(args.folds):
+        if args.only_fold and k + 1 != args.only_fold:
+            continue
         name = f"{args.model_name}_fold{k + 1}"
         names.append(name)
         fold_config = {**config, "fold": k + 1}
@@ -220,6 +228,8 @@ def train_folds(args, data, out, config, starting, command):
         fold_data = fer2013.fold_split(data, folds, k)
         held_out.append(train_network(args, fold_data, out, name, fold_config, starting, command,
                                       seed=args.seed + k))
+    if args.only_fold:
+        return 0
     summary = reports.fold_summary(out, names, held_out, data, args.model_name)
     print(summary, flush=True)
     return 0
