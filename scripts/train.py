@@ -81,9 +81,10 @@ def parse_args(argv=None):
                         "command runs again (--fresh trains them all again), and --time-budget holds for each "
                         "fold (default: off, one network)")
     p.add_argument("--only-fold", type=int, default=0, metavar="N",
-                   help="with --folds: train fold N only, so that folds can run side by side in processes or "
-                        "on machines sharing --out; the command without it then keeps the finished folds and "
-                        "prints the summary (default: every fold)")
+                   help="with --folds: train fold N only, so that folds can run on several machines sharing "
+                        "--out (two side by side on one 2-core machine were measured no faster than one after "
+                        "the other); the command without it then keeps the finished folds and prints the "
+                        "summary (default: every fold)")
     p.add_argument("--include-validation", action="store_true",
                    help="also train on the validation rows (all 28,709 Training rows): the final refit of a "
                         "recipe already chosen on validation. Nothing is held out, so the last epoch is kept "
